@@ -1,0 +1,38 @@
+"""lepton_ir: the graph IR every Lepton pass and backend works on.
+
+Public API: `load`, `save`, `to_onnx`, `to_text`, `from_text`, `evaluate`, the IR classes
+(`Model`, `Graph`, `Node`, `Value`, `Attr`, `Function`), types (`DType`, `Shape`, `TensorType`, ...),
+constants (`Tensor`, `ArrayTensor`) and the errors (`LeptonError` and subclasses).
+"""
+
+from .errors import (ExternalDataError, GraphCycleError, LeptonError, ModelLoadError, ModelTooLargeError,
+                     TextParseError, UnsupportedError, VerifyError)
+from .evaluate import evaluate, register_reference_op
+from .ir import Attr, AttrType, Function, Graph, Model, Node, Value
+from .onnx_io import load, save, to_onnx
+from .tensor import ArrayTensor, SparseTensor, Tensor
+from .types import DType, MapType, OptionalType, SequenceType, Shape, SparseTensorType, TensorType, Type
+
+
+def to_text(model: Model, **options) -> str:
+    """The readable text form of `model` (see `lepton_ir.text`)."""
+    from .text import print_model
+
+    return print_model(model, **options)
+
+
+def from_text(text: str) -> Model:
+    """Parse the text form back into a Model."""
+    from .text import parse_model
+
+    return parse_model(text)
+
+
+__all__ = [
+    "load", "save", "to_onnx", "to_text", "from_text", "evaluate", "register_reference_op",
+    "Model", "Graph", "Node", "Value", "Attr", "AttrType", "Function",
+    "DType", "Shape", "TensorType", "SparseTensorType", "SequenceType", "OptionalType", "MapType", "Type",
+    "Tensor", "ArrayTensor", "SparseTensor",
+    "LeptonError", "ModelLoadError", "ExternalDataError", "ModelTooLargeError", "GraphCycleError",
+    "VerifyError", "TextParseError", "UnsupportedError",
+]
