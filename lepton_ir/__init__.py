@@ -10,6 +10,7 @@ from .errors import (ExternalDataError, GraphCycleError, LeptonError, ModelLoadE
 from .evaluate import evaluate, register_reference_op
 from .ir import Attr, AttrType, Function, Graph, Model, Node, Value
 from .onnx_io import load, save, to_onnx
+from .shape_inference import infer_types, pin_input_shapes
 from .tensor import ArrayTensor, SparseTensor, Tensor
 from .types import DType, MapType, OptionalType, SequenceType, Shape, SparseTensorType, TensorType, Type
 
@@ -29,7 +30,7 @@ def from_text(text: str) -> Model:
 
 
 __all__ = [
-    "load", "save", "to_onnx", "to_text", "from_text", "evaluate", "register_reference_op",
+    "load", "save", "to_onnx", "infer_types", "pin_input_shapes", "to_text", "from_text", "evaluate", "register_reference_op",
     "Model", "Graph", "Node", "Value", "Attr", "AttrType", "Function",
     "DType", "Shape", "TensorType", "SparseTensorType", "SequenceType", "OptionalType", "MapType", "Type",
     "Tensor", "ArrayTensor", "SparseTensor",

@@ -353,13 +353,34 @@ class Graph:
     def constant(self, array: Any, name: str | None = None, dtype: DType | None = None) -> Value:
         """Add a new initializer holding `array` and return its value (a fresh name if needed)."""
         t = array if isinstance(array, Tensor) else ArrayTensor(array, dtype=dtype)
-        base = name or "const"
-        nm, k = base, 0
-        while nm in self.initializers:
-            k += 1
-            nm = f"{base}_{k}"
-        v = Value(nm, TensorType(t.dtype, t.shape), const=t)
+        v = Value(self.fresh_name(name or "const"), TensorType(t.dtype, t.shape), const=t)
         return self.add_initializer(v)
+
+    def fresh_name(self, base: str) -> str:
+        """A value name not used in this graph, its subgraphs or enclosing graphs."""
+        taken = self._names_in_scope()
+        if base not in taken:
+            taken.add(base)
+            return base
+        k = len(taken)
+        while f"{base}_{k}" in taken:
+            k += 1
+        taken.add(f"{base}_{k}")
+        return f"{base}_{k}"
+
+    def _names_in_scope(self) -> set[str]:
+        # Built once per graph and kept up to date by fresh_name; names given by other means later
+        # are caught by the verifier and renamed on export, so a stale cache cannot corrupt a model.
+        cache = self.meta.get("_names")
+        if cache is None:
+            root = self
+            while root.parent is not None and root.parent.graph is not None:
+                root = root.parent.graph
+            cache = set()
+            for g in root.all_graphs():
+                cache.update(v.name for v in g.values() if v.name)
+            self.meta["_names"] = cache
+        return cache
 
     def remove_initializer(self, name: str) -> None:
         v = self.initializers[name]

@@ -253,6 +253,8 @@ class _Importer:
                 v.type = _type(vi.type)
             if vi.HasField("type"):
                 v.meta["declared_output_type"] = _type(vi.type)
+            elif not top:
+                v.meta["declared_output_type"] = None
             if vi.doc_string:
                 v.meta["output_doc"] = vi.doc_string
             outs.append(v)
@@ -706,18 +708,19 @@ class _Exporter:
         for n in g:
             gp.node.append(self.node(n, names))
         for v in g.outputs:
-            t = v.meta.get("declared_output_type", v.type)
+            # Subgraph outputs keep what the source declared (often nothing): see value_info below.
+            t = v.meta.get("declared_output_type", v.type if top else None)
             gp.output.append(_value_info(names(v), t, v.meta.get("output_doc", "")))
         io = {id(v) for v in g.inputs} | {id(v) for v in g.outputs}
         declared = set(g.extra.get("declared_value_info", []))
+        # Only values the source model declared get value_info. Inferred types are for passes;
+        # exporting them would hand runtimes onnx's guesses (wrong for some If/Loop outputs), which
+        # ONNX Runtime then trusts over its own inference.
         for n in g:
             for o in n.outputs:
-                if id(o) in io or not o.name and o.type is None:
+                if id(o) in io or _empty_output(o) or not o.name or o.name not in declared:
                     continue
-                if o.type is not None and not _empty_output(o):
-                    gp.value_info.append(_value_info(names(o), o.type, o.doc))
-                elif o.name in declared and not _empty_output(o):
-                    gp.value_info.append(_value_info(names(o), None, o.doc))
+                gp.value_info.append(_value_info(names(o), o.type, o.doc))
         for b in g.extra.get("quantization_annotation", []):
             q = gp.quantization_annotation.add()
             q.ParseFromString(b)

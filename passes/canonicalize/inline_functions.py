@@ -1,0 +1,74 @@
+"""`inline-functions`: replace calls of model-local functions by their bodies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lepton_ir import Attr, Function, Graph, Model, Node, Value
+from lepton_ir.clone import clone_node
+
+from ..base import Pass, register_pass
+from ..util import replace_value
+
+
+def _compatible(f: Function, model: Model) -> bool:
+    """The body may be spliced in only if its opsets agree with the model's."""
+    for dom, ver in f.opset_imports.items():
+        have = model.opset_imports.get("" if dom == "ai.onnx" else dom)
+        if have is not None and have != ver:
+            return False
+    return True
+
+
+def _inline_call(g: Graph, call: Node, f: Function) -> None:
+    env: dict[str, Attr] = dict(f.attribute_defaults)
+    env.update(call.attrs)
+    vmap: dict[int, Value] = {}
+    for formal, actual in zip(f.graph.inputs, call.inputs):
+        if actual is not None:
+            vmap[id(formal)] = actual
+    with g.inserting_before(call):
+        for n in f.graph:
+            g.append(clone_node(n, vmap, env))
+    for formal_out, out in zip(f.graph.outputs, call.outputs):
+        new = vmap.get(id(formal_out))
+        if new is None:
+            continue  # an omitted optional output of the function
+        if new.type is None:
+            new.type = out.type
+        replace_value(out, new)
+    g.remove(call)
+
+
+@register_pass
+@dataclass(frozen=True)
+class InlineFunctions(Pass):
+    """Inline calls of the model's local functions (nested calls too) and drop unused functions."""
+
+    name = "inline-functions"
+    idempotent = True
+
+    def run(self, model: Model) -> bool:
+        changed = False
+        for _ in range(32):  # nested calls unfold one level per sweep
+            progress = False
+            for g in list(model.graph.all_graphs()):
+                for n in g:
+                    f = model.functions.get((n.domain, n.op_type, n.overload))
+                    if f is None or not _compatible(f, model):
+                        continue
+                    for dom, ver in f.opset_imports.items():
+                        model.opset_imports.setdefault("" if dom == "ai.onnx" else dom, ver)
+                    _inline_call(g, n, f)
+                    progress = True
+            changed |= progress
+            if not progress:
+                break
+        if changed:
+            used = {(n.domain, n.op_type, n.overload) for n in model.graph.all_nodes()}
+            for key in list(model.functions):
+                if key not in used and not any(
+                        (m.domain, m.op_type, m.overload) == key
+                        for f in model.functions.values() for m in f.graph.all_nodes()):
+                    del model.functions[key]
+        return changed

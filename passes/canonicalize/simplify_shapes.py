@@ -1,0 +1,90 @@
+"""`simplify-shapes`: replace Shape/Size of statically known shapes by constants.
+
+Exported models compute reshape targets at run time (Shape -> Gather -> Unsqueeze -> Concat ->
+Reshape). Where the shapes are known (static, or pinned with `--input-shape`), `Shape` becomes a
+constant and `fold-constants` folds the rest of the chain, leaving a Reshape with a constant
+target that every backend understands.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from lepton_ir import Model, Node, Value
+
+from ..base import Pass, register_pass
+from ..rewrite import TableRule, apply_rules
+from ..util import constant_value
+
+
+def _shape_slice(n: Node) -> tuple[int, ...] | None:
+    s = n.inputs[0].shape if n.inputs[0] is not None else None
+    if s is None:
+        return None
+    r = len(s)
+    start = n.attr("start", 0)
+    end = n.attr("end", r)
+    start = max(0, min(r, start + r if start < 0 else start))
+    end = max(0, min(r, end + r if end < 0 else end))
+    dims = s.dims[start:end]
+    if not all(isinstance(d, int) for d in dims):
+        return None
+    return tuple(dims)  # type: ignore[return-value]
+
+
+def _shape_const(n: Node) -> Value:
+    dims = _shape_slice(n)
+    assert n.graph is not None
+    return n.graph.constant(np.array(dims, dtype=np.int64), name=(n.outputs[0].name or "shape"))
+
+
+def _size_const(n: Node) -> Value:
+    assert n.graph is not None
+    return n.graph.constant(np.array(n.inputs[0].shape.numel(), dtype=np.int64), name="size")
+
+
+def _gather_of_shape(n: Node) -> bool:
+    """Gather(Shape(x), const idx) where just the picked dims are known."""
+    src = n.inputs[0]
+    p = src.producer() if src is not None else None
+    if p is None or p.op_type != "Shape" or n.attr("axis", 0) != 0:
+        return False
+    idx = constant_value(n.inputs[1])
+    s = p.inputs[0].shape
+    if idx is None or s is None or p.attrs:
+        return False
+    dims = s.dims
+    try:
+        picked = np.asarray(dims, dtype=object)[np.asarray(idx)]
+    except IndexError:
+        return False
+    return all(isinstance(d, int) for d in np.ravel(picked))
+
+
+def _gather_const(n: Node) -> Value:
+    p = n.inputs[0].producer()
+    idx = constant_value(n.inputs[1])
+    picked = np.asarray(p.inputs[0].shape.dims, dtype=object)[np.asarray(idx)].astype(np.int64)
+    return n.graph.constant(picked, name="dims")
+
+
+RULES = [
+    TableRule("Shape", lambda n: _shape_slice(n) is not None, _shape_const, name="shape-of-static"),
+    TableRule("Size", lambda n: n.inputs[0].shape is not None and n.inputs[0].shape.is_static, _size_const,
+              name="size-of-static"),
+    TableRule("Gather", _gather_of_shape, _gather_const, name="gather-of-shape"),
+]
+
+
+@register_pass
+@dataclass(frozen=True)
+class SimplifyShapes(Pass):
+    """Turn Shape/Size (and Gather of Shape) of known dims into constants, so shape chains fold."""
+
+    name = "simplify-shapes"
+    idempotent = True
+
+    def run(self, model: Model) -> bool:
+        return apply_rules(model, RULES).changed
