@@ -261,8 +261,12 @@ class _Importer:
         g.outputs = outs
         for vi in gp.value_info:
             v = scope.get(vi.name)
-            if v is not None and vi.doc_string:
+            if v is None:
+                continue
+            if vi.doc_string:
                 v.doc = vi.doc_string
+            # Exported as declared: inferred refinements stay inside lepton (see _Exporter.graph).
+            v.meta["declared_type"] = _type(vi.type) if vi.HasField("type") else None
         if len(gp.quantization_annotation):
             g.extra["quantization_annotation"] = [q.SerializeToString() for q in gp.quantization_annotation]
         g.extra["declared_value_info"] = [vi.name for vi in gp.value_info]
@@ -720,7 +724,7 @@ class _Exporter:
             for o in n.outputs:
                 if id(o) in io or _empty_output(o) or not o.name or o.name not in declared:
                     continue
-                gp.value_info.append(_value_info(names(o), o.type, o.doc))
+                gp.value_info.append(_value_info(names(o), o.meta.get("declared_type", o.type), o.doc))
         for b in g.extra.get("quantization_annotation", []):
             q = gp.quantization_annotation.add()
             q.ParseFromString(b)

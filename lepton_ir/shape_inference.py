@@ -141,7 +141,7 @@ def pin_input_shapes(model: Model, shapes: Mapping[str, Sequence[int]]) -> None:
             for old, new in zip(t.shape.dims, dims):
                 if isinstance(old, int) and old != new:
                     raise LeptonError(f"--input-shape: input {name!r} has fixed shape {t.shape}, given {dims}")
-                if isinstance(old, str):
+                if isinstance(old, str) and not _anonymous(old):
                     if binding.get(old, new) != new:
                         raise LeptonError(f"--input-shape: symbol {old!r} bound to both {binding[old]} and {new}")
                     binding[old] = new
@@ -153,9 +153,15 @@ def pin_input_shapes(model: Model, shapes: Mapping[str, Sequence[int]]) -> None:
     infer_types(model, reset=True)
 
 
+def _anonymous(sym: str) -> bool:
+    """Symbols that only mean "unknown": Paddle writes "?" for every free dim, onnx's inference
+    invents unk__N. Two dims carrying them are not known to be equal."""
+    return sym in ("?", "-1", "") or sym.startswith("unk__")
+
+
 def _substitute(v: Value, binding: Mapping[str, int]) -> None:
     v.type = _subst_type(v.type, binding)
-    for key in ("declared_output_type", "input_type"):
+    for key in ("declared_output_type", "input_type", "declared_type"):
         if key in v.meta:
             v.meta[key] = _subst_type(v.meta[key], binding)
 
