@@ -181,14 +181,13 @@ def _match_node(pn: PNode, node: Node, m: Match) -> Match | None:
     if pn.op_type in COMMUTATIVE and pn.domain == "" and len(pn.inputs) == 2:
         orders.append((1, 0))
     for order in orders:
-        trial = m.copy()
+        trial: Match | None = m.copy()
         trial.node_of[id(pn)] = node
-        ok = True
         for pv, k in zip(pn.inputs, order):
-            if _match_value(pv, ins[k], trial) is None:
-                ok = False
+            trial = _match_value(pv, ins[k], trial)  # nested nodes return a new (extended) match
+            if trial is None:
                 break
-        if ok:
+        if trial is not None:
             trial.nodes.append(node)
             if pn.name:
                 trial.bindings[pn.name] = node

@@ -45,36 +45,36 @@ def _size_const(n: Node) -> Value:
     return n.graph.constant(np.array(n.inputs[0].shape.numel(), dtype=np.int64), name="size")
 
 
-def _gather_of_shape(n: Node) -> bool:
-    """Gather(Shape(x), const idx) where just the picked dims are known."""
+def _picked_dims(n: Node) -> np.ndarray | None:
+    """For Gather(Shape(x), const idx) along axis 0: the picked dims, if all are known ints."""
     src = n.inputs[0]
     p = src.producer() if src is not None else None
-    if p is None or p.op_type != "Shape" or n.attr("axis", 0) != 0:
-        return False
+    if p is None or p.op_type != "Shape" or p.attrs or n.attr("axis", 0) != 0:
+        return None
     idx = constant_value(n.inputs[1])
     s = p.inputs[0].shape
-    if idx is None or s is None or p.attrs:
-        return False
+    if idx is None or s is None:
+        return None
     dims = s.dims
-    try:
-        picked = np.asarray(dims, dtype=object)[np.asarray(idx)]
-    except IndexError:
-        return False
-    return all(isinstance(d, int) for d in np.ravel(picked))
+    flat = np.asarray(idx).ravel().tolist()
+    if any(not -len(dims) <= i < len(dims) for i in flat):
+        return None
+    picked = [dims[i] for i in flat]
+    if not all(isinstance(d, int) for d in picked):
+        return None
+    return np.array(picked, dtype=np.int64).reshape(np.shape(idx))
 
 
 def _gather_const(n: Node) -> Value:
-    p = n.inputs[0].producer()
-    idx = constant_value(n.inputs[1])
-    picked = np.asarray(p.inputs[0].shape.dims, dtype=object)[np.asarray(idx)].astype(np.int64)
-    return n.graph.constant(picked, name="dims")
+    assert n.graph is not None
+    return n.graph.constant(_picked_dims(n), name="dims")
 
 
 RULES = [
     TableRule("Shape", lambda n: _shape_slice(n) is not None, _shape_const, name="shape-of-static"),
     TableRule("Size", lambda n: n.inputs[0].shape is not None and n.inputs[0].shape.is_static, _size_const,
               name="size-of-static"),
-    TableRule("Gather", _gather_of_shape, _gather_const, name="gather-of-shape"),
+    TableRule("Gather", lambda n: _picked_dims(n) is not None, _gather_const, name="gather-of-shape"),
 ]
 
 
