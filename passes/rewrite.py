@@ -324,8 +324,16 @@ def apply_rule(rule: Rule, m: Match, model: Model | None) -> None:
 
 
 def apply_rules(model: Model, rules: Sequence["Rule | TableRule"], *, max_sweeps: int = 50,
-                debug: bool = False, graphs: Iterable[Graph] | None = None) -> RewriteStats:
-    """Apply rules until none fires (or `max_sweeps`). Walks subgraphs too."""
+                debug: bool | None = None, graphs: Iterable[Graph] | None = None) -> RewriteStats:
+    """Apply rules until none fires (or `max_sweeps`). Walks subgraphs too.
+
+    With `debug` (default: on under `--debug-rewrites`, see `lepton_passes.debug_rewrites`), near
+    misses are collected, and applied rules and near misses are logged to `REWRITE_LOG`.
+    """
+    from .manager import REWRITE_LOG, debug_rewrites_enabled  # late: manager imports the passes
+
+    if debug is None:
+        debug = debug_rewrites_enabled()
     stats = RewriteStats()
     by_root: dict[tuple[str, str], list[Rule | TableRule]] = {}
     for r in rules:
@@ -347,12 +355,17 @@ def apply_rules(model: Model, rules: Sequence["Rule | TableRule"], *, max_sweeps
                     else:
                         apply_rule(r, m, model)
                     stats.applied[r.rule_name] = stats.applied.get(r.rule_name, 0) + 1
+                    if debug:
+                        REWRITE_LOG.info("applied %s at %s", r.rule_name, _node_label(node))
                     changed = True
                     break
         if not changed:
             break
     # Each sweep sees the same misses again; report each (rule, node, reason) once.
     stats.near_misses = list({(n.rule, n.node, n.reason): n for n in stats.near_misses}.values())
+    if debug:
+        for miss in stats.near_misses:
+            REWRITE_LOG.info("near miss: %s", miss)
     return stats
 
 

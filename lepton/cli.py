@@ -1,0 +1,380 @@
+"""Command-line tools: `lepton-opt` (optimize and compile) and `lepton-run` (run an artifact).
+
+Error contract: every user error (a LeptonError, a usage error, a missing or unreadable file, a bad
+pipeline) prints exactly one line `<prog>: error: ...` to stderr and exits non-zero: 2 for usage
+errors (bad options, bad pipeline text, unknown backend), 1 otherwise. No traceback for those;
+anything else is a bug and keeps its traceback (set LEPTON_TRACEBACK=1 to also see the traceback behind
+a one-line error, e.g. a crashing pass). Ctrl-C prints `<prog>: interrupted` and exits 130;
+outputs are written atomically, so nothing partial is left behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import tempfile
+import time
+import traceback
+import warnings
+from pathlib import Path
+from typing import Any, Callable, NoReturn, Sequence
+
+import numpy as np
+
+from lepton_ir import LeptonError
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class UsageError(Exception):
+    """A command-line usage error (exit 2)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: raise instead of printing usage and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def _one_line(e: BaseException) -> str:
+    msg = getattr(e, "summary", None) or str(e) or type(e).__name__
+    return " ".join(msg.split())
+
+
+def _guard(prog: str, body: Callable[[], int]) -> int:
+    """Run `body`, turning user errors into one stderr line and an exit code."""
+    from lepton_backends import BackendError
+    from lepton_passes import PipelineError
+
+    def show_warning(message, category, filename, lineno, file=None, line=None):  # one line per warning
+        print(f"{prog}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+    old_show = warnings.showwarning
+    warnings.showwarning = show_warning
+    try:
+        return body()
+    except UsageError as e:
+        print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_USAGE
+    except (PipelineError, BackendError) as e:
+        code = EXIT_USAGE if isinstance(e, PipelineError) or "unknown backend" in str(e) else EXIT_ERROR
+        print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)
+        return code
+    except LeptonError as e:
+        if os.environ.get("LEPTON_TRACEBACK"):  # for pass authors: the full story behind the one line
+            traceback.print_exc()
+        print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_ERROR
+    except OSError as e:  # missing/unreadable files, full disks, permissions
+        where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+        print(f"{prog}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        warnings.showwarning = old_show
+
+
+# ------------------------------------------------------------------------------------------------
+# lepton-opt
+# ------------------------------------------------------------------------------------------------
+def opt_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="lepton-opt", description="Optimize an ONNX model with a pass pipeline and compile it "
+                "with a backend. Pipeline syntax: docs/pipelines.md.")
+    p.add_argument("model", nargs="?", help="input .onnx file (never modified)")
+    p.add_argument("--passes", metavar="PIPELINE",
+                   help="pass pipeline, e.g. 'fuse,fixpoint(canonicalize,cse)' "
+                        "(default: the backend's default pipeline)")
+    p.add_argument("--backend", metavar="NAME", help="backend to compile with (see --list-backends); "
+                   "default 'onnx' when -o is a folder")
+    p.add_argument("--target", metavar="T", help="backend target (e.g. a TVM target string)")
+    p.add_argument("-o", "--output", metavar="OUT",
+                   help="artifact folder to write (atomically), or a .onnx file for just the optimized model")
+    p.add_argument("--input-shape", metavar="NAME=DIMS", action="append", default=[],
+                   help="fix an input's shape, e.g. image=1x3x224x224 (repeatable)")
+    p.add_argument("--option", metavar="KEY=VALUE", action="append", default=[],
+                   help="backend option (repeatable; see --list-backends)")
+    p.add_argument("--print-ir-after-all", action="store_true", help="print the IR after every pass (stderr)")
+    p.add_argument("--print-ir-after-change", action="store_true",
+                   help="print the IR after each pass that changed it (stderr)")
+    p.add_argument("--time-passes", action="store_true", help="print a per-pass timing table (stderr)")
+    p.add_argument("--check", action="store_true",
+                   help="differential check: run ONNX Runtime before/after each pass and name the first pass "
+                        "that changes outputs beyond its tolerance")
+    p.add_argument("--no-verify-each", action="store_true", help="skip IR verification after each pass")
+    p.add_argument("--reproducer-dir", metavar="DIR",
+                   help="where a failing pass's reproducer folder goes (default: the temp folder)")
+    p.add_argument("--list-passes", action="store_true", help="list passes with their options and exit")
+    p.add_argument("--list-backends", action="store_true", help="list backends and exit")
+    p.add_argument("--debug-rewrites", action="store_true",
+                   help="log rewrite decisions, applied rules and near misses (logger 'lepton_passes') to stderr")
+    return p
+
+
+def format_pass_list() -> str:
+    """The `--list-passes` text: every pass, its one-line doc and its options."""
+    from lepton_passes import describe_options, list_passes, pass_origin
+
+    lines = ["Passes:"]
+    passes = list_passes()
+    if not passes:
+        lines.append("  (none registered)")
+    width = max([len(n) for n in passes] + [8])
+    for name, cls in passes.items():
+        origin = pass_origin(name)
+        plugin = f"  [{origin}]" if origin.startswith("entry point") else ""
+        lines.append(f"  {name:<{width}}  {cls.summary()}{plugin}")
+        for opt, typ, default, help_ in describe_options(cls):
+            lines.append(f"      {opt}: {typ} = {default}" + (f"  -- {help_}" if help_ else ""))
+    lines.append("  fixpoint(...)" + " " * max(width - 13, 0) + "  re-run the enclosed passes until none changes "
+                 "the model; option max-iterations: int = 10")
+    return "\n".join(lines)
+
+
+def format_backend_list() -> str:
+    from lepton_backends import list_backends
+
+    lines = ["Backends:"]
+    for name, cls in list_backends().items():
+        lines.append(f"  {name:<10}  {cls.summary()}")
+        lines.append(f"      default pipeline: {cls.default_pipeline or '(none)'}")
+        for k, h in cls.option_help.items():
+            lines.append(f"      --option {k}=...  {h}")
+    return "\n".join(lines)
+
+
+def _parse_option(text: str) -> tuple[str, Any]:
+    key, eq, value = text.partition("=")
+    if not eq or not key:
+        raise UsageError(f"bad --option {text!r}: expected KEY=VALUE")
+    low = value.lower()
+    if low in ("true", "false"):
+        return key, low == "true"
+    for conv in (int, float):
+        try:
+            return key, conv(value)
+        except ValueError:
+            pass
+    return key, value
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at emit time (so captured/redirected stderr works)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def _log_rewrites_to_stderr() -> None:
+    lg = logging.getLogger("lepton_passes")
+    if not any(isinstance(h, _StderrHandler) for h in lg.handlers):
+        lg.addHandler(_StderrHandler())
+    lg.setLevel(logging.DEBUG)
+
+
+def _opt(args: argparse.Namespace) -> int:
+    from lepton.driver import optimize, parse_shape
+    from lepton_backends import get_backend
+    from lepton_passes import PrintIRInstrument, TimingInstrument, parse_pipeline
+
+    if args.list_passes or args.list_backends:
+        if args.list_passes:
+            print(format_pass_list())
+        if args.list_backends:
+            print(format_backend_list())
+        return EXIT_OK
+    if not args.model:
+        raise UsageError("the following arguments are required: MODEL (or --list-passes / --list-backends)")
+    # Validate everything cheap before touching the model: usage errors come first and exit 2.
+    pipeline = parse_pipeline(args.passes) if args.passes is not None else None
+    backend = get_backend(args.backend)() if args.backend else None
+    try:
+        shapes = dict(parse_shape(s) for s in args.input_shape)
+    except LeptonError as e:
+        raise UsageError(str(e)) from None
+    options = dict(_parse_option(o) for o in args.option)
+    if backend is not None and args.output is None:
+        raise UsageError(f"--backend {args.backend} needs -o OUT")
+    if args.target and backend is None and not (args.output and not args.output.endswith(".onnx")):
+        raise UsageError("--target needs a backend (--backend NAME)")
+    if not Path(args.model).exists():
+        raise LeptonError(f"{args.model}: no such file")
+    if args.debug_rewrites:
+        _log_rewrites_to_stderr()
+
+    instruments: list[Any] = []
+    if args.print_ir_after_all or args.print_ir_after_change:
+        instruments.append(PrintIRInstrument(sys.stderr, only_changed=not args.print_ir_after_all))
+    timing = TimingInstrument(sys.stderr) if args.time_passes else None
+    if timing is not None:
+        instruments.append(timing)
+    repro = args.reproducer_dir or tempfile.gettempdir()
+    t0 = time.perf_counter()
+    result = optimize(args.model, pipeline, backend, args.output, target=args.target, input_shapes=shapes or None,
+                      check=args.check, instruments=instruments, verify_each=not args.no_verify_each,
+                      reproducer_dir=repro, debug_rewrites=args.debug_rewrites, **options)
+    dt = time.perf_counter() - t0
+    runs = len(result.report.records)
+    changed = sum(r.changed for r in result.report.records)
+    line = (f"{args.model}: {result.nodes_before} -> {result.nodes_after} nodes; {runs} pass run(s), "
+            f"{changed} changed; {dt * 1e3:.0f} ms")
+    if args.check:
+        line += "; differential check passed"
+    if result.artifact is not None:
+        line += f"; wrote {result.artifact}"
+    print(line)
+    return EXIT_OK
+
+
+def opt_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `lepton-opt`; returns the exit status."""
+
+    def body() -> int:
+        return _opt(opt_parser().parse_args(argv))
+
+    return _guard("lepton-opt", body)
+
+
+# ------------------------------------------------------------------------------------------------
+# lepton-run
+# ------------------------------------------------------------------------------------------------
+def run_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="lepton-run", description="Run a compiled Lepton artifact, benchmark it, and compare it "
+                "with ONNX Runtime on the original model.")
+    p.add_argument("artifact", help="artifact folder written by lepton-opt -o")
+    p.add_argument("--inputs", metavar="IN.npz", help="inputs by name (default: seeded random data from the manifest)")
+    p.add_argument("--output", metavar="OUT.npz", help="write the outputs here")
+    p.add_argument("--bench", metavar="N", type=int, default=0, help="time N runs (after warm-up) and print "
+                   "median and p90 latency")
+    p.add_argument("--warmup", metavar="W", type=int, default=3, help="untimed warm-up runs before --bench (default 3)")
+    p.add_argument("--compare", metavar="MODEL.onnx", help="compare outputs (and latency with --bench) with "
+                   "ONNX Runtime on this model")
+    p.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance for --compare (default 1e-3)")
+    p.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance for --compare (default 1e-4)")
+    p.add_argument("--seed", type=int, default=0, help="seed for generated inputs (default 0)")
+    return p
+
+
+def _generate_inputs(manifest: dict[str, Any], seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    out = {}
+    for spec in manifest.get("inputs", []):
+        dims = tuple(d if isinstance(d, int) else 1 for d in (spec.get("shape") or []))
+        dt = np.dtype(spec["dtype"])
+        if dt.kind == "f":
+            out[spec["name"]] = rng.standard_normal(dims).astype(dt)
+        elif dt.kind == "b":
+            out[spec["name"]] = rng.integers(0, 2, dims).astype(bool)
+        else:
+            out[spec["name"]] = rng.integers(0, 4, dims).astype(dt)
+    return out
+
+
+def _load_npz(path: str) -> dict[str, np.ndarray]:
+    if not Path(path).is_file():
+        raise LeptonError(f"{path}: no such file")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except (ValueError, OSError, EOFError) as e:
+        raise LeptonError(f"{path}: not a readable .npz file ({e})") from None
+
+
+def _save_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.tmp-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _bench(fn: Callable[[], Any], n: int, warmup: int) -> tuple[float, float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(times)), float(np.percentile(times, 90))
+
+
+def _run(args: argparse.Namespace) -> int:
+    import lepton
+    from lepton_passes.instruments import compare_outputs
+
+    if args.bench < 0 or args.warmup < 0:
+        raise UsageError("--bench and --warmup take non-negative counts")
+    runner = lepton.load(args.artifact)
+    inputs = _load_npz(args.inputs) if args.inputs else _generate_inputs(runner.manifest, args.seed)
+    outputs = runner.run(inputs)
+    for name, arr in outputs.items():
+        stats = f" min {arr.min():.4g} max {arr.max():.4g}" if arr.size and arr.dtype.kind in "fiu" else ""
+        print(f"output {name}: {arr.dtype} {list(arr.shape)}{stats}")
+    if args.output:
+        _save_npz(args.output, outputs)
+        print(f"wrote {args.output}")
+    median = None
+    if args.bench:
+        median, p90 = _bench(lambda: runner.run(inputs), args.bench, args.warmup)
+        print(f"artifact latency: median {median:.3f} ms, p90 {p90:.3f} ms ({args.bench} runs, {args.warmup} warm-up)")
+    if args.compare:
+        import onnxruntime as ort
+
+        if not Path(args.compare).is_file():
+            raise LeptonError(f"{args.compare}: no such file")
+        try:
+            so = ort.SessionOptions()
+            so.log_severity_level = 3
+            sess = ort.InferenceSession(args.compare, so, providers=["CPUExecutionProvider"])
+            names = [i.name for i in sess.get_inputs()]
+            feed = {k: v for k, v in inputs.items() if k in names}
+            ref = sess.run(None, feed)
+        except Exception as e:  # ORT rejecting the reference model is the user's problem, one line
+            raise LeptonError(f"{args.compare}: ONNX Runtime cannot run it: {str(e).splitlines()[0] if str(e) else e}") \
+                from None
+        got = list(outputs.values())
+        bad = compare_outputs([np.asarray(r) for r in ref], got, args.rtol, args.atol)
+        diffs = []
+        for k, (a, b) in enumerate(zip(ref, got)):
+            if a.shape == b.shape and a.dtype.kind in "fiu" and a.size:
+                d = np.abs(a.astype(np.float64) - b.astype(np.float64))
+                diffs.append(f"{list(outputs)[k]}: max abs {d.max():.3g}")
+        print("compare with ONNX Runtime: " + ("; ".join(diffs) or "no numeric outputs"))
+        if args.bench:
+            rmed, rp90 = _bench(lambda: sess.run(None, feed), args.bench, args.warmup)
+            print(f"onnxruntime latency: median {rmed:.3f} ms, p90 {rp90:.3f} ms; "
+                  f"speedup {rmed / median:.2f}x" if median else "")
+        if bad is not None:
+            k, max_abs, max_rel, why = bad
+            name = list(outputs)[k] if 0 <= k < len(outputs) else "?"
+            raise LeptonError(f"output {name!r} differs from ONNX Runtime on {args.compare}: {why} "
+                              f"(max abs {max_abs:.3g}, max rel {max_rel:.3g}; rtol {args.rtol:g}, atol {args.atol:g})")
+    return EXIT_OK
+
+
+def run_main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `lepton-run`; returns the exit status."""
+
+    def body() -> int:
+        return _run(run_parser().parse_args(argv))
+
+    return _guard("lepton-run", body)
+
+
+if __name__ == "__main__":  # python -m lepton.cli ... behaves like lepton-opt
+    sys.exit(opt_main())

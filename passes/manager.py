@@ -1,0 +1,167 @@
+"""`PassManager`: runs a pipeline with instruments (verify, print IR, timing, differential, reproducer).
+
+Every leaf pass run (including those inside `fixpoint(...)`) goes through `PassManager._run_one`:
+instruments see `before_pass`, then `after_pass` (which may raise: the verifier and the
+differential check do), and on any failure every instrument's `on_failure` is called before the
+error propagates. Notes returned by `on_failure` (e.g. the reproducer's folder) are appended to the
+error message, so the one line the CLI prints says where to look.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import dataclasses
+import logging
+import time
+from typing import Iterable, Iterator, Sequence
+
+from lepton_ir import LeptonError, Model
+
+from .base import Pass, PassError
+from .instruments import Instrument, ReproducerInstrument, VerifyInstrument, count_nodes
+from .pipeline import Fixpoint, Pipeline, as_pipeline, format_pass
+
+
+#: Logger for rewrite-level debugging (`lepton-opt --debug-rewrites` shows it on stderr).
+REWRITE_LOG = logging.getLogger("lepton_passes.rewrites")
+
+_DEBUG_REWRITES: contextvars.ContextVar[bool] = contextvars.ContextVar("lepton_debug_rewrites", default=False)
+
+
+def debug_rewrites_enabled() -> bool:
+    """True while a PassManager runs with `debug_rewrites=True` (`--debug-rewrites`).
+
+    Rewrite engines read this to collect near misses and log each applied rule to `REWRITE_LOG`.
+    """
+    return _DEBUG_REWRITES.get()
+
+
+@contextlib.contextmanager
+def debug_rewrites(on: bool = True) -> Iterator[None]:
+    """Turn rewrite debugging on (or off) for the enclosed code."""
+    token = _DEBUG_REWRITES.set(on)
+    try:
+        yield
+    finally:
+        _DEBUG_REWRITES.reset(token)
+
+
+class PassFailedError(PassError):
+    """A pass raised an unexpected exception (a bug in the pass); the cause is chained."""
+
+    def __init__(self, message: str, pass_text: str = "") -> None:
+        super().__init__(message)
+        self.pass_text = pass_text
+
+
+@dataclasses.dataclass
+class PassRecord:
+    """One leaf pass run."""
+
+    name: str
+    text: str  # canonical text of the pass with its options
+    changed: bool
+    seconds: float
+    nodes_before: int
+    nodes_after: int
+
+
+@dataclasses.dataclass
+class RunReport:
+    """What a PassManager run did: per-pass records and totals."""
+
+    pipeline: str
+    records: list[PassRecord] = dataclasses.field(default_factory=list)
+    nodes_before: int = 0
+    nodes_after: int = 0
+    seconds: float = 0.0
+
+    @property
+    def changed(self) -> bool:
+        return any(r.changed for r in self.records)
+
+    def table(self) -> str:
+        """A per-run table: pass, changed, nodes before -> after, milliseconds."""
+        rows = [(r.text, "yes" if r.changed else "no", f"{r.nodes_before} -> {r.nodes_after}",
+                 f"{r.seconds * 1e3:.2f}") for r in self.records]
+        head = ("pass", "changed", "nodes", "ms")
+        widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(head)]
+        fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+        lines = [fmt.format(*head), fmt.format(*("-" * w for w in widths))]
+        lines += [fmt.format(*r) for r in rows]
+        lines.append(f"total {self.seconds * 1e3:.2f} ms, nodes {self.nodes_before} -> {self.nodes_after}")
+        return "\n".join(lines)
+
+
+class PassManager:
+    """Run a pipeline over a model with instruments.
+
+    `pipeline` may be a Pipeline, its text, a Pass or a list of passes. `verify_each=True` adds a
+    VerifyInstrument first (IR checked before the first pass and after every pass).
+    `reproducer_dir`, when set, adds a ReproducerInstrument writing failure folders under it.
+    `debug_rewrites=True` makes `debug_rewrites_enabled()` true while the passes run.
+    """
+
+    def __init__(self, pipeline: Pipeline | str | Pass | Sequence[Pass | Fixpoint], *, verify_each: bool = True,
+                 instruments: Iterable[Instrument] = (), reproducer_dir: str | None = None,
+                 debug_rewrites: bool = False) -> None:
+        self.pipeline = as_pipeline(pipeline)
+        self.debug_rewrites = debug_rewrites
+        self.instruments: list[Instrument] = []
+        if verify_each:
+            self.instruments.append(VerifyInstrument())
+        self.instruments.extend(instruments)
+        if reproducer_dir is not None and not any(isinstance(i, ReproducerInstrument) for i in self.instruments):
+            self.instruments.append(ReproducerInstrument(reproducer_dir))
+        self._report: RunReport | None = None
+
+    def run(self, model: Model) -> RunReport:
+        """Run the pipeline on `model` in place and return the report. Errors name the pass."""
+        report = RunReport(pipeline=str(self.pipeline), nodes_before=count_nodes(model))
+        self._report = report
+        t0 = time.perf_counter()
+        for inst in self.instruments:
+            inst.before_run(model, self.pipeline)
+        with debug_rewrites(self.debug_rewrites):
+            self.pipeline.run(model, self._run_one)
+        report.seconds = time.perf_counter() - t0
+        report.nodes_after = count_nodes(model)
+        for inst in self.instruments:
+            inst.after_run(model, report)
+        return report
+
+    def _run_one(self, p: Pass, model: Model) -> bool:
+        assert self._report is not None
+        text = format_pass(p)
+        try:
+            for inst in self.instruments:
+                inst.before_pass(p, model)
+            before = count_nodes(model)
+            t0 = time.perf_counter()
+            try:
+                changed = bool(p.run(model))
+            except LeptonError:
+                raise
+            except Exception as e:  # a bug in the pass: keep the cause, name the pass
+                raise PassFailedError(f"pass {text!r} failed: {type(e).__name__}: {e}", text) from e
+            dt = time.perf_counter() - t0
+            rec = PassRecord(p.name, text, changed, dt, before, count_nodes(model))
+            self._report.records.append(rec)
+            for inst in self.instruments:
+                inst.after_pass(p, model, changed, dt)
+            return changed
+        except BaseException as e:
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                raise
+            notes = []
+            for inst in self.instruments:
+                try:
+                    note = inst.on_failure(p, model, e)
+                except Exception as inner:  # a failing instrument must not mask the real error
+                    note = f"({type(inst).__name__} failed too: {inner})"
+                if note:
+                    notes.append(note)
+            if notes and e.args:
+                e.args = (f"{e.args[0]}; " + "; ".join(notes),) + tuple(e.args[1:])
+            raise
