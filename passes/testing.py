@@ -1,0 +1,219 @@
+"""`check_pass`: property-test any pass or pipeline, ours or a plugin's, against ONNX Runtime.
+
+    from lepton_passes.testing import check_pass
+    check_pass("fold-constants")                                # pipeline text
+    check_pass(MyPass(level=2), pattern="conv-bn")              # bias generation toward a pattern
+
+For each random valid model (hypothesis, `lepton_ir.testing.strategies`) it asserts:
+1. the pass leaves a model that passes `verify()`;
+2. the export passes `onnx.checker` (full check);
+3. ONNX Runtime outputs are preserved, names and dtypes included, within the pass's tolerance
+   (`Pass.tolerance(model)`: exact passes use 1e-4/1e-5; lossy passes derive theirs);
+4. the text form round-trips (print, parse, print gives the same text);
+5. idempotence, when the pass declares it: a second run changes nothing.
+On failure it saves the (shrunk) input model as .onnx and as text IR and names the folder.
+
+Example budgets come from hypothesis profiles: `lepton-ci` (default, 25 examples) and
+`lepton-deep` (300); choose with `HYPOTHESIS_PROFILE=lepton-deep` or `--hypothesis-profile`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+import lepton_ir
+
+from .base import Pass, get_pass
+
+_PROFILES_DONE = False
+
+
+def register_profiles() -> None:
+    """Register the `lepton-ci` and `lepton-deep` hypothesis profiles (idempotent)."""
+    global _PROFILES_DONE
+    if _PROFILES_DONE:
+        return
+    from hypothesis import HealthCheck, settings
+
+    common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                                       HealthCheck.filter_too_much], print_blob=True)
+    # CI runs are derandomized so a red build is reproducible and never flaky.
+    settings.register_profile("lepton-ci", max_examples=25, derandomize=True, **common)
+    settings.register_profile("lepton-deep", max_examples=300, **common)
+    _PROFILES_DONE = True
+
+
+def _resolve(p: Any) -> Any:
+    if isinstance(p, str):
+        from .pipeline import parse_pipeline
+
+        return parse_pipeline(p)
+    if isinstance(p, type) and issubclass(p, Pass):
+        return p()
+    if not hasattr(p, "run"):
+        raise TypeError(f"check_pass needs a Pass, a Pass class or pipeline text, not {type(p).__name__}")
+    return p
+
+
+def _label(p: Any) -> str:
+    text = str(p) if not isinstance(p, Pass) else (p.name or type(p).__name__)
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text)[:80] or "pass"
+
+
+def _tolerance(p: Any, model: lepton_ir.Model) -> tuple[float, float]:
+    if hasattr(p, "tolerance"):
+        return p.tolerance(model)
+    tols = [q.tolerance(model) for q in getattr(p, "passes", lambda: [])()]
+    if not tols:
+        return (1e-4, 1e-5)
+    return (max(t[0] for t in tols), max(t[1] for t in tols))
+
+
+def _idempotent(p: Any) -> bool:
+    if isinstance(p, Pass):
+        return type(p).idempotent
+    passes = getattr(p, "passes", lambda: [])()
+    return bool(passes) and all(type(q).idempotent for q in passes)
+
+
+def _ort(proto: Any, feeds: Mapping[str, np.ndarray]) -> list[tuple[str, np.ndarray]]:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.intra_op_num_threads = 1
+    s = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    names = [o.name for o in s.get_outputs()]
+    return list(zip(names, s.run(None, dict(feeds))))
+
+
+def compare_outputs(ref: Sequence[tuple[str, np.ndarray]], got: Sequence[tuple[str, np.ndarray]],
+                    rtol: float, atol: float) -> str | None:
+    """None if outputs agree (names, dtypes, shapes, values within tolerance), else why not."""
+    if [n for n, _ in ref] != [n for n, _ in got]:
+        return f"output names changed: {[n for n, _ in ref]} -> {[n for n, _ in got]}"
+    for (name, a), (_, b) in zip(ref, got):
+        a, b = np.asarray(a), np.asarray(b)
+        if a.dtype != b.dtype or a.shape != b.shape:
+            return f"output {name!r}: {a.dtype}{list(a.shape)} became {b.dtype}{list(b.shape)}"
+        if a.dtype.kind in "fc":
+            if not np.allclose(b, a, rtol=rtol, atol=atol, equal_nan=True):
+                err = np.abs(b.astype(np.float64) - a.astype(np.float64))
+                return (f"output {name!r} differs: max abs error {np.nanmax(err):.3g} "
+                        f"(rtol {rtol:g}, atol {atol:g})")
+        elif not np.array_equal(a, b):
+            return f"output {name!r} differs (exact dtype {a.dtype})"
+    return None
+
+
+def failure_dir(label: str, save_dir: str | os.PathLike | None = None) -> Path:
+    root = Path(save_dir or os.environ.get("LEPTON_FAILURES_DIR", ".lepton-failures"))
+    return root / label
+
+
+def check_one(p: Any, proto: Any, seed: int = 0, *, rtol: float | None = None, atol: float | None = None,
+              idempotent: bool | None = None) -> None:
+    """Run all checks of `check_pass` on one ONNX model; raise AssertionError saying which failed."""
+    import onnx
+
+    from lepton_ir.testing.strategies import inputs_for
+
+    model = lepton_ir.load(proto)
+    p.run(model)
+    try:
+        model.verify()
+    except lepton_ir.VerifyError as e:
+        raise AssertionError(f"the pass broke the IR: {e}") from None
+    out = lepton_ir.to_onnx(model)
+    try:
+        onnx.checker.check_model(out, full_check=True)
+    except Exception as e:
+        raise AssertionError(f"the export fails onnx.checker: {str(e).splitlines()[0]}") from None
+    r_tol, a_tol = _tolerance(p, model)
+    feeds = inputs_for(proto, seed)
+    why = compare_outputs(_ort(proto, feeds), _ort(out, feeds), rtol if rtol is not None else r_tol,
+                          atol if atol is not None else a_tol)
+    if why:
+        raise AssertionError(why)
+    text = lepton_ir.to_text(model)
+    again = lepton_ir.to_text(lepton_ir.from_text(text))
+    if again != text:
+        raise AssertionError("the text form does not round-trip after the pass")
+    if idempotent if idempotent is not None else _idempotent(p):
+        p.run(model)
+        if lepton_ir.to_text(model) != text:
+            raise AssertionError("the pass declares itself idempotent but a second run changed the model")
+
+
+def check_pass(pass_or_pipeline: Any, *, strategy: Any = None, ops: Sequence[str] | None = None,
+               bias: Mapping[str, float] | None = None, pattern: str | None = None,
+               max_examples: int | None = None, rtol: float | None = None, atol: float | None = None,
+               idempotent: bool | None = None, save_dir: str | os.PathLike | None = None,
+               shrink: bool = True, **strategy_options: Any) -> None:
+    """Property-check a pass over generated models (see the module doc). Raises on a failure.
+
+    `strategy` overrides generation entirely; otherwise `pattern` (a PRESETS name), `ops`, `bias`
+    and `strategy_options` go to `lepton_ir.testing.strategies`. `shrink=False` reports the first
+    failing model as found (faster; mutation tests use it).
+    """
+    from hypothesis import given, note, settings
+    from hypothesis import strategies as st
+
+    from lepton_ir.testing.strategies import onnx_models, pattern_models
+
+    register_profiles()
+    p = _resolve(pass_or_pipeline)
+    if strategy is None:
+        if pattern is not None:
+            strategy = pattern_models(pattern, bias=bias, **strategy_options)
+        else:
+            strategy = onnx_models(ops=ops, bias=bias, **strategy_options)
+    label = _label(p)
+    out_dir = failure_dir(label, save_dir)
+    base = settings()
+    if base.max_examples == settings.default.max_examples and os.environ.get("HYPOTHESIS_PROFILE") is None:
+        base = settings.get_profile("lepton-ci")
+    from hypothesis import Phase
+
+    phases = base.phases if shrink else tuple(ph for ph in base.phases if ph != Phase.shrink)
+    budget = settings(base, max_examples=max_examples or base.max_examples, deadline=None, phases=phases)
+
+    @budget
+    @given(proto=strategy, seed=st.integers(0, 2**16))
+    def prop(proto: Any, seed: int) -> None:
+        try:
+            check_one(p, proto, seed, rtol=rtol, atol=atol, idempotent=idempotent)
+        except Exception as e:
+            # Hypothesis replays the shrunk example last, so the files end up holding the minimal case.
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / "model.onnx").write_bytes(proto.SerializeToString())
+            try:
+                (out_dir / "model.lep").write_text(lepton_ir.to_text(lepton_ir.load(proto)))
+            except Exception:  # the text form is a convenience; the .onnx file is the reproducer
+                pass
+            (out_dir / "README.txt").write_text(
+                f"check_pass({str(p)!r}) failed on this model (inputs seed {seed}):\n  {e}\n"
+                f"Reproduce: lepton-opt {out_dir / 'model.onnx'} --passes '{p}' --check\n")
+            note(f"failing model saved in {out_dir}")
+            raise AssertionError(f"{p}: {e} [model saved in {out_dir}]") from e
+
+    prop()
+
+
+__all__ = ["check_pass", "check_one", "compare_outputs", "register_profiles"]
+
+
+def registered_passes() -> list[str]:
+    """Names of every registered pass (for parametrizing a suite over the registry)."""
+    from .base import list_passes
+
+    return list(list_passes())
+
+
+def get(name: str) -> Pass:
+    return get_pass(name)()
