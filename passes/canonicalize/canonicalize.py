@@ -9,6 +9,7 @@ from lepton_ir import Model, infer_types
 from ..base import Pass, register_pass
 from .cse import CommonSubexpressionElimination
 from .dce import DeadCodeElimination
+from .fold_if import FoldIf
 from .fold_constants import FoldConstants
 from .inline_functions import InlineFunctions
 from .remove_noops import RemoveNoops
@@ -18,7 +19,7 @@ from .simplify_shapes import SimplifyShapes
 @register_pass
 @dataclass(frozen=True)
 class Canonicalize(Pass):
-    """Inline functions, fold constants and shapes, remove no-ops, CSE and DCE, to a fixpoint."""
+    """Inline functions, fold constants, shapes and constant Ifs, remove no-ops, CSE and DCE, to a fixpoint."""
 
     name = "canonicalize"
     idempotent = True
@@ -26,7 +27,7 @@ class Canonicalize(Pass):
     max_elements: int = field(default=1 << 20, metadata={"help": "fold-constants: cap on created constants"})
 
     def run(self, model: Model) -> bool:
-        steps = [InlineFunctions(), SimplifyShapes(), FoldConstants(max_elements=self.max_elements),
+        steps = [InlineFunctions(), SimplifyShapes(), FoldConstants(max_elements=self.max_elements), FoldIf(),
                  RemoveNoops(), CommonSubexpressionElimination(), DeadCodeElimination()]
         changed = False
         for _ in range(self.max_iterations):

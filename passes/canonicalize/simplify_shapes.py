@@ -70,11 +70,35 @@ def _gather_const(n: Node) -> Value:
     return n.graph.constant(_picked_dims(n), name="dims")
 
 
+def _range_one_element_operands(n: Node) -> bool:
+    """Range takes scalars; exporters (and onnx's own AffineGrid function body) feed it 1-element
+    1-D tensors, which runtimes accept only while they cannot see the shape. Once folding makes the
+    shape visible, ONNX Runtime rejects the model, so canonicalize makes the operands scalars."""
+    return any(v is not None and v.shape is not None and tuple(v.shape.dims) == (1,) for v in n.inputs)
+
+
+def _range_with_scalars(n: Node) -> Value:
+    g = n.graph
+    assert g is not None
+    ins = []
+    with g.inserting_before(n):
+        for v in n.inputs:
+            if v is not None and v.shape is not None and tuple(v.shape.dims) == (1,):
+                sq = g.op("Squeeze", v)
+                sq.type = type(v.type)(v.type.dtype, type(v.shape)(()))
+                ins.append(sq)
+            else:
+                ins.append(v)
+        out = g.op("Range", *ins)
+    return out
+
+
 RULES = [
     TableRule("Shape", lambda n: _shape_slice(n) is not None, _shape_const, name="shape-of-static"),
     TableRule("Size", lambda n: n.inputs[0].shape is not None and n.inputs[0].shape.is_static, _size_const,
               name="size-of-static"),
     TableRule("Gather", lambda n: _picked_dims(n) is not None, _gather_const, name="gather-of-shape"),
+    TableRule("Range", _range_one_element_operands, _range_with_scalars, name="range-scalar-operands"),
 ]
 
 

@@ -344,3 +344,51 @@ def test_canonicalize_is_idempotent_on_real_model():
     text = lepton_ir.to_text(m)
     assert not get_pass("canonicalize")().run(m)
     assert lepton_ir.to_text(m) == text
+
+
+# -- fold-if --------------------------------------------------------------------------------------------
+IF_BODY = """
+graph g(%x: f32[3]) -> (%y) {{
+  %c = const bool[] [{cond}]
+  %one = const f32[3] [1.0, 1.0, 1.0]
+  %y = If(%c) {{
+    then_branch=graph t() -> (%t) {{
+      %k = const f32[3] [2.0, 2.0, 2.0]
+      %t = Mul(%x, %k)
+      return %t
+    }},
+    else_branch=graph e() -> (%e) {{
+      %e = Sub(%x, %one)
+      return %e
+    }}
+  }}
+  return %y
+}}"""
+
+
+@pytest.mark.parametrize("cond,op", [("true", "Mul"), ("false", "Sub")])
+def test_fold_if_inlines_taken_branch(cond, op):
+    m, changed = run_pass(IF_BODY.format(cond=cond), "fold-if", {"x": np.array([1, 2, 3], np.float32)})
+    assert changed and ops(m) == [op] and m.graph.outputs[0].name == "y"
+
+
+def test_fold_if_keeps_runtime_condition():
+    body = IF_BODY.format(cond="true").replace("graph g(%x: f32[3])", "graph g(%x: f32[3], %c: bool[])")
+    body = body.replace("  %c = const bool[] [true]\n", "")
+    m, changed = run_pass(body, "fold-if")
+    assert not changed and ops(m) == ["If"]
+
+
+def test_range_operands_become_scalars():
+    m, changed = run_pass("""
+graph g(%n: i64[4]) -> (%y) {
+  %z = const i64[] [0]
+  %one = const i64[] [1]
+  %sp = const i64[2] [2, 2]
+  %a, %b = Split(%n, %sp) {axis=0} : i64[2], i64[2]
+  %i = const i64[1] [1]
+  %lim = Gather(%a, %i) {axis=0} : i64[1]
+  %y = Range(%z, %lim, %one)
+  return %y
+}""", "simplify-shapes", {"n": np.array([2, 5, 1, 1], np.int64)})
+    assert changed and ops(m) == ["Split", "Gather", "Squeeze", "Range"]

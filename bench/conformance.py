@@ -1,0 +1,191 @@
+"""ONNX node conformance through each execution path; writes docs/conformance.md.
+
+    python bench/conformance.py [--paths ort,lepton-onnx,tvm,lepton-tvm-cpu] [--jobs 2] [--limit N]
+
+Paths, each judged against the expected outputs shipped with the case (onnx's BackendTest
+tolerances: rtol 1e-3, atol 1e-7, or the case's own):
+- ort:            ONNX Runtime on the case as shipped (the reference everyone compares with);
+- lepton-onnx:    lepton.onnx_backend: import -> canonicalize -> `onnx` backend -> ONNX Runtime;
+- tvm:            TVM's own importer alone: relax.frontend.onnx.from_onnx -> tvm.compile -> VM;
+- lepton-tvm-cpu: lepton.onnx_backend with the `tvm-cpu` backend (when registered).
+Each case runs in a worker process (a crash counts as a failure, not as the end of the run).
+Results are cached per path in bench/results/conformance-<path>.json; --fresh ignores the cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+import warnings
+from collections import Counter
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+DOC = ROOT / "docs" / "conformance.md"
+
+_CASES: dict | None = None
+
+
+def _cases() -> dict:
+    global _CASES
+    if _CASES is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            from lepton_ir.testing.corpus import conformance_cases, conformance_tolerances
+
+            tols = conformance_tolerances()
+            _CASES = {name: (model, inputs, outputs, tols.get(name, (1e-3, 1e-7)))
+                      for name, model, inputs, outputs in conformance_cases()}
+    return _CASES
+
+
+def _close(ref, got, rtol: float, atol: float) -> bool:
+    import numpy as np
+
+    if isinstance(ref, list):
+        return isinstance(got, list) and len(ref) == len(got) and all(_close(a, b, rtol, atol) for a, b in zip(ref, got))
+    if ref is None or got is None:
+        return ref is None and got is None
+    a, b = np.asarray(ref), np.asarray(got)
+    if a.shape != b.shape:
+        return False
+    if a.dtype.kind in "fc":
+        return bool(np.allclose(b.astype(a.dtype), a, rtol=rtol, atol=atol, equal_nan=True))
+    if a.dtype == object or b.dtype == object:
+        return a.tolist() == b.tolist()
+    return bool(np.array_equal(a, b))
+
+
+def _run_path(path: str, model, inputs):
+    import numpy as np
+
+    inits = {t.name for t in model.graph.initializer}
+    names = [i.name for i in model.graph.input if i.name not in inits]
+    if path == "ort":
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.log_severity_level = 4
+        s = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        return s.run(None, dict(zip(names, inputs)))
+    if path == "tvm":
+        import tvm
+        from tvm import relax
+        from tvm.relax.frontend.onnx import from_onnx
+
+        shapes = {n: list(np.shape(x)) for n, x in zip(names, inputs) if isinstance(x, np.ndarray)}
+        mod = from_onnx(model, shape_dict=shapes, keep_params_in_input=False)
+        ex = tvm.compile(mod, target="llvm")
+        vm = relax.VirtualMachine(ex, tvm.cpu())
+        res = vm["main"](*[tvm.runtime.tensor(np.asarray(x)) for x in inputs])
+        flat = list(res) if isinstance(res, (tuple, list)) or type(res).__name__ == "Array" else [res]
+        return [r.numpy() for r in flat]
+    from lepton.onnx_backend import backend_for
+
+    backend = path.removeprefix("lepton-")
+    return list(backend_for(backend, "canonicalize").prepare(model).run(list(inputs)))
+
+
+def _one(args: tuple[str, str]) -> tuple[str, bool, str]:
+    path, name = args
+    model, inputs, outputs, (rtol, atol) = _cases()[name]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            got = _run_path(path, model, inputs)
+        if len(got) != len(outputs):
+            return name, False, f"{len(got)} outputs, expected {len(outputs)}"
+        for r, g in zip(outputs, got):
+            if not _close(r, g, rtol, atol):
+                return name, False, "wrong values"
+        return name, True, ""
+    except BaseException as e:  # any failure of the path is a failed case, with its reason
+        msg = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        return name, False, f"{type(e).__name__}: {msg[:160]}"
+
+
+def _sweep(path: str, names: list[str], jobs: int) -> dict[str, list]:
+    cache = RESULTS / f"conformance-{path}.json"
+    t0 = time.time()
+    done: dict[str, list] = {}
+    ctx = mp.get_context("fork")
+    with ctx.Pool(jobs, maxtasksperchild=50) as pool:
+        for k, (name, ok, why) in enumerate(pool.imap_unordered(_one, [(path, n) for n in names], chunksize=4), 1):
+            done[name] = [ok, why]
+            if k % 100 == 0 or k == len(names):
+                rate = k / (time.time() - t0)
+                print(f"  {path}: {k}/{len(names)} ({sum(v[0] for v in done.values())} pass) "
+                      f"{rate:.1f}/s, ETA {(len(names) - k) / rate:.0f}s", file=sys.stderr, flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(done, indent=0, sort_keys=True))
+    return done
+
+
+def _op_of(name: str) -> str:
+    model = _cases()[name][0]
+    ops = [n.op_type for n in model.graph.node]
+    return ops[-1] if ops else "?"
+
+
+def write_doc(results: dict[str, dict[str, list]], total: int) -> str:
+    ort = results.get("ort", {})
+    ort_pass = {n for n, (ok, _) in ort.items() if ok}
+    lines = ["# ONNX conformance through each path", "",
+             "Generated by `python bench/conformance.py` (do not edit by hand). Cases: "
+             f"`onnx.backend.test.case.node.collect_testcases()`, {total} with onnx 1.23.2. Each path is judged "
+             "against the expected outputs shipped with the case, with onnx BackendTest's tolerances.", "",
+             "| path | passes | of all cases | of the cases ONNX Runtime passes |", "|---|---:|---:|---:|"]
+    for path, res in results.items():
+        ok = {n for n, (p, _) in res.items() if p}
+        of_ort = f"{len(ok & ort_pass)} / {len(ort_pass)} ({100 * len(ok & ort_pass) / max(1, len(ort_pass)):.1f}%)"
+        lines.append(f"| {path} | {len(ok)} | {100 * len(ok) / max(1, len(res)):.1f}% | {of_ort if ort else 'n/a'} |")
+    for path, res in results.items():
+        if path == "ort":
+            continue
+        miss = sorted(n for n in ort_pass if n in res and not res[n][0])
+        lines += ["", f"## {path}: cases ONNX Runtime passes but this path fails ({len(miss)})", ""]
+        if not miss:
+            lines.append("None.")
+            continue
+        ops = Counter(_op_of(n) for n in miss)
+        lines.append("By op type: " + ", ".join(f"{op} ({k})" for op, k in ops.most_common()))
+        lines += ["", "<details><summary>cases and reasons</summary>", ""]
+        lines += [f"- `{n}`: {res[n][1] or 'failed'}" for n in miss]
+        lines += ["", "</details>"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--paths", default="ort,lepton-onnx,tvm")
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--limit", type=int, default=0, help="only the first N cases (smoke runs)")
+    ap.add_argument("--fresh", action="store_true", help="ignore cached results")
+    ap.add_argument("--no-doc", action="store_true")
+    args = ap.parse_args(argv)
+    names = sorted(_cases())
+    if args.limit:
+        names = names[:args.limit]
+    results: dict[str, dict[str, list]] = {}
+    for path in args.paths.split(","):
+        cache = RESULTS / f"conformance-{path}.json"
+        if cache.exists() and not args.fresh and not args.limit:
+            results[path] = json.loads(cache.read_text())
+            print(f"  {path}: cached ({cache})", file=sys.stderr)
+        else:
+            results[path] = _sweep(path, names, args.jobs)
+    doc = write_doc(results, len(names))
+    if not args.no_doc and not args.limit:
+        DOC.write_text(doc)
+    print(doc.split("\n## ")[0])
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TVM_NUM_THREADS", "1")
+    sys.exit(main())
