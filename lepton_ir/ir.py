@@ -276,9 +276,16 @@ class Node:
             g.parent = self
 
     def subgraphs(self) -> list["Graph"]:
+        """Graphs held in attributes (If/Loop/Scan bodies). Hot: called per node by most walks."""
+        if not self.attrs:
+            return []
         out: list[Graph] = []
         for a in self.attrs.values():
-            out.extend(a.graphs())
+            t = a.type
+            if t == AttrType.GRAPH:
+                out.append(a.value)
+            elif t == AttrType.GRAPHS:
+                out.extend(a.value)
         return out
 
     @property

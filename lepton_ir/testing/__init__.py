@@ -23,9 +23,13 @@ def models(**kwargs: Any):
 
 def __getattr__(name: str) -> Any:
     # Strategies pull in hypothesis; load them only when asked for, so importing lepton_ir.testing
-    # (e.g. for the corpus) does not require the test extras.
-    from . import strategies
+    # (e.g. for the corpus) does not require the test extras. importlib, not `from . import`:
+    # the latter looks the submodule up as an attribute first, which would recurse into here.
+    import importlib
 
+    if name in ("corpus", "strategies"):
+        return importlib.import_module(f"{__name__}.{name}")
+    strategies = importlib.import_module(f"{__name__}.strategies")
     if name in strategies.__all__:
         return getattr(strategies, name)
     raise AttributeError(f"module 'lepton_ir.testing' has no attribute {name!r}")
