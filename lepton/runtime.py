@@ -18,6 +18,11 @@ from lepton_backends import MANIFEST, sha256_file
 from lepton_ir import LeptonError, ModelLoadError
 
 
+def _feed(v: Any) -> Any:
+    """Tensors as arrays; sequences (lists) and absent optionals (None) as they are, ORT takes both."""
+    return v if isinstance(v, list) or v is None else np.asarray(v)
+
+
 class OrtRunner:
     """Runs an `onnx` artifact with ONNX Runtime."""
 
@@ -41,7 +46,7 @@ class OrtRunner:
             raise LeptonError(f"inputs do not match the model: missing {missing or 'none'}, unknown {extra or 'none'}; "
                               f"expected {self.input_names}")
         try:
-            outs = self.session.run(None, {k: np.asarray(v) for k, v in inputs.items()})
+            outs = self.session.run(None, {k: _feed(v) for k, v in inputs.items()})
         except Exception as e:  # ORT's messages for bad dtypes/shapes are user errors here
             raise LeptonError(f"ONNX Runtime failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
         return dict(zip(self.output_names, outs))
