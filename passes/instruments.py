@@ -287,12 +287,12 @@ class ReproducerInstrument(Instrument):
     pass's text) and `README.txt` (the error and the exact `lepton-opt` command).
 
     `root` is where folders go (created as `lepton-repro-<pass>-XXXX`); default: the temp dir.
-    The snapshot before each pass costs one serialization per pass.
+    The snapshot before each pass is an IR clone sharing the weights (O(nodes), no copy of data).
     """
 
     def __init__(self, root: str | os.PathLike | None = None) -> None:
         self.root = Path(root) if root is not None else None
-        self._snapshot: bytes | None = None
+        self._snapshot: Model | None = None
         self.last_path: Path | None = None
         self._check = False
 
@@ -300,7 +300,10 @@ class ReproducerInstrument(Instrument):
         self._check = False
 
     def before_pass(self, p: Pass, model: Model) -> None:
-        self._snapshot = lepton_ir.to_onnx(model).SerializeToString()
+        # An IR clone shares the (immutable) weights: O(nodes) per pass instead of a full export.
+        from lepton_ir.clone import clone_model
+
+        self._snapshot = clone_model(model)
 
     def on_failure(self, p: Pass, model: Model, error: BaseException) -> str | None:
         if self._snapshot is None:
@@ -308,7 +311,7 @@ class ReproducerInstrument(Instrument):
         root = self.root or Path(tempfile.gettempdir())
         root.mkdir(parents=True, exist_ok=True)
         folder = Path(tempfile.mkdtemp(prefix=f"lepton-repro-{p.name}-", dir=root))
-        snap = lepton_ir.load(self._snapshot)
+        snap = self._snapshot
         lepton_ir.save(snap, folder / "input.onnx")
         try:
             (folder / "input.ir.txt").write_text(lepton_ir.to_text(snap) + "\n")
