@@ -56,6 +56,20 @@ def model_signature(model: Model) -> tuple[list[dict[str, Any]], list[dict[str, 
     return inputs, [value_signature(v) for v in g.outputs]
 
 
+def _lower_fused(model: Model) -> Model:
+    """Fused `ai.lepton` ops become standard ONNX or ONNX Runtime contrib ops (on a copy: the
+    caller's model keeps its fused form)."""
+    if not any(n.domain == "ai.lepton" for n in model.graph.all_nodes()):
+        return model
+    from lepton_ir.clone import clone_model
+    from lepton_passes import get_pass
+
+    work = clone_model(model)
+    get_pass("lower-fused-to-onnx")().run(work)
+    work.verify()
+    return work
+
+
 @register_backend
 class OnnxBackend(Backend):
     """ONNX file for ONNX Runtime (model.onnx + manifest.json)."""
@@ -70,6 +84,7 @@ class OnnxBackend(Backend):
         ext = options.get("external-data")
         if isinstance(ext, str):
             ext = ext.lower() in ("1", "true", "yes")
+        model = _lower_fused(model)
         lepton_ir.save(model, staging / "model.onnx", external_data=ext)
         inputs, outputs = model_signature(model)
         files = {p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.is_file()}

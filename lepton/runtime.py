@@ -73,4 +73,34 @@ def load(artifact: str | os.PathLike) -> OrtRunner:
     backend = manifest.get("backend")
     if backend == "onnx":
         return OrtRunner(folder, manifest)
-    raise ModelLoadError(f"{folder}: artifacts of backend {backend!r} cannot be loaded yet (only 'onnx')")
+    if backend == "tvm-cpu":
+        from lepton_backends.tvm import ArtifactError, InputError, load_artifact
+
+        try:
+            return _TvmRunner(load_artifact(folder))
+        except (ArtifactError, InputError) as e:
+            raise ModelLoadError(f"{folder}: {e}") from None
+    raise ModelLoadError(f"{folder}: artifacts of backend {backend!r} cannot be loaded (known: onnx, tvm-cpu)")
+
+
+class _TvmRunner:
+    """A TVM artifact runner with the same user-error contract as OrtRunner."""
+
+    def __init__(self, runner: Any) -> None:
+        self.runner = runner
+        self.manifest = runner.manifest
+        self.input_names = [i["name"] for i in runner.manifest["inputs"]]
+        self.output_names = [o["name"] for o in runner.manifest["outputs"]]
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from lepton_backends.tvm import InputError
+
+        try:
+            return self.runner.run(inputs)
+        except InputError as e:
+            raise LeptonError(str(e)) from None
+
+    __call__ = run
+
+    def benchmark(self, inputs: Mapping[str, np.ndarray], repeat: int = 20, warmup: int = 3) -> dict[str, float]:
+        return self.runner.benchmark(inputs, repeat=repeat, warmup=warmup)

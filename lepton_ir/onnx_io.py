@@ -12,11 +12,13 @@ numpy, and export hands the original encoding back.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import mmap
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import onnx
@@ -31,6 +33,9 @@ from .types import DType, MapType, OptionalType, SequenceType, Shape, SparseTens
 # Protobuf cannot hold a message of 2 GiB or more; above this, save() writes external data.
 PROTOBUF_LIMIT = 2**31 - 1
 _INLINE_SAVE_LIMIT = 2**31 - 2**24
+# save() streams tensors of at least this many bytes from where they live; smaller ones are copied
+# into the message, which costs less than splicing thousands of tiny tensors one by one.
+_SAVE_DEFER_BYTES = 1 << 14
 
 
 # ------------------------------------------------------------------------------------------------
@@ -56,6 +61,14 @@ class ProtoTensor(Tensor):
 
     def numpy(self) -> np.ndarray:
         if self._array is None:
+            if self.dtype == DType.STRING:
+                # numpy_helper decodes strings as UTF-8 and fails on other bytes; keep those as bytes.
+                arr = np.empty(len(self.proto.string_data), dtype=object)
+                arr[:] = [_decode(s) for s in self.proto.string_data]
+                arr = arr.reshape(tuple(self.proto.dims))
+                arr.flags.writeable = False
+                self._array = arr
+                return arr
             arr = onnx.numpy_helper.to_array(self.proto)
             arr.flags.writeable = False
             self._array = arr
@@ -101,8 +114,31 @@ class MappedTensor(Tensor):
 _FIXED_WIDTH = {d for d in DType if d.itemsize_bits in (8, 16, 32, 64, 128) and d not in (DType.STRING,)}
 
 
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Suspend the cyclic garbage collector while building or exporting a whole model.
+
+    Import creates a few objects per node and value, all of them live; CPython's collector keeps
+    rescanning that growing heap (each full collection walks all of it), which made importing a
+    50k-node graph about twice as slow. Nothing collectable is produced meanwhile, so pausing
+    loses nothing; the collector's previous state is restored on the way out.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def load(src: str | os.PathLike | bytes | onnx.ModelProto, *, infer_shapes: bool = True) -> Model:
     """Import an ONNX model from a path, serialized bytes, or a ModelProto (never modified)."""
+    with _gc_paused():
+        return _load(src, infer_shapes=infer_shapes)
+
+
+def _load(src: str | os.PathLike | bytes | onnx.ModelProto, *, infer_shapes: bool = True) -> Model:
     base_dir: str | None = None
     mapped: dict[str, wire.RawSlice] = {}
     buf: Any = None
@@ -223,7 +259,7 @@ class _Importer:
                 raise ModelLoadError(f"{where}: an initializer has no name")
             if tp.name in scope:
                 raise ModelLoadError(f"{where}: initializer {tp.name!r} is defined twice")
-            t = self.tensor(tp, where)
+            t = self.tensor(tp, where, mappable=top)
             v = Value(tp.name, TensorType(t.dtype, t.shape), const=t, doc=tp.doc_string)
             g.add_initializer(v)
             scope[tp.name] = v
@@ -275,6 +311,14 @@ class _Importer:
     def _nodes(self, g: Graph, nodeps, chain: list[dict[str, Value]], types: dict[str, onnx.ValueInfoProto],
                what: str) -> None:
         scope = chain[0]
+        outer = chain[1:]
+        fields = onnx.NodeProto.DESCRIPTOR.fields_by_name  # (hasattr on upb message classes is False)
+        has_overload = "overload" in fields
+        has_meta = "metadata_props" in fields
+        has_devcfg = "device_configurations" in fields
+        # This loop runs once per node of the model: it avoids per-node work that is only needed
+        # in rare cases (error labels, outer-scope checks when there is no outer scope, empty
+        # metadata), since 50k-node graphs must import in about the time onnx takes to parse them.
         # Pass 1: create nodes and their outputs, so inputs can be resolved regardless of order.
         made: list[tuple[Node, onnx.NodeProto]] = []
         for k, np_ in enumerate(nodeps):
@@ -283,34 +327,57 @@ class _Importer:
                 if oname == "":
                     outs.append(Value(""))  # an omitted optional output
                     continue
-                if oname in scope or any(oname in s for s in chain[1:]):
+                if oname in scope or (outer and any(oname in s for s in outer)):
                     raise ModelLoadError(f"{what}: value {oname!r} is defined twice (again by node "
                                          f"{np_.name or np_.op_type + '#' + str(k)!r})")
                 vi = types.get(oname)
-                v = Value(oname, _type(vi.type) if vi is not None and vi.HasField("type") else None)
+                v = Value(oname, _type_cached(vi.type) if vi is not None and vi.HasField("type") else None)
                 scope[oname] = v
                 outs.append(v)
-            node = Node(np_.op_type, (), None, domain=np_.domain if np_.domain != "ai.onnx" else "",
-                        outputs=outs, name=np_.name or None, overload=getattr(np_, "overload", ""),
+            domain = np_.domain
+            name = np_.name
+            node = Node(np_.op_type, (), None, domain=domain if domain != "ai.onnx" else "",
+                        outputs=outs, name=name or None, overload=np_.overload if has_overload else "",
                         doc=np_.doc_string)
-            if np_.domain == "ai.onnx":
+            if domain == "ai.onnx":
                 node.meta["ai_onnx_spelling"] = True
-            if np_.name == "" and np_.HasField("name"):
+            if not name and np_.HasField("name"):
                 node.meta["empty_name"] = True
-            node.metadata_props = {p.key: p.value for p in getattr(np_, "metadata_props", [])}
-            if len(getattr(np_, "device_configurations", [])):
+            if has_meta and len(np_.metadata_props):
+                node.metadata_props = {p.key: p.value for p in np_.metadata_props}
+            if has_devcfg and len(np_.device_configurations):
                 node.meta["device_configurations"] = [d.SerializeToString() for d in np_.device_configurations]
             made.append((node, np_))
         # Pass 2: connect inputs, convert attributes (subgraphs see this whole scope), append.
+        lookup = self._lookup
+        # Nodes are appended in file order, so a producer that is not yet in any graph is a node
+        # of this graph further down: the file is not topologically sorted (or has a cycle).
+        # Checking that here replaces a separate `is_sorted` walk over the whole graph.
+        in_order = True
         for node, np_ in made:
-            label = f"{what}: node {np_.name or np_.op_type!r}"
-            node.set_inputs([None if n == "" else self._lookup(n, chain, label) for n in np_.input])
-            for a in np_.attribute:
-                node.attrs[a.name] = self.attr(a, chain)
+            ins = []
+            for n in np_.input:
+                if n == "":
+                    ins.append(None)
+                    continue
+                v = scope.get(n)
+                if v is None:  # outer scope, or undefined (the error names the node)
+                    v = lookup(n, chain, f"{what}: node {np_.name or np_.op_type!r}")
+                elif in_order and v._producer is not None and v._producer.graph is None:
+                    in_order = False
+                ins.append(v)
+            node.set_inputs(ins)
+            if len(np_.attribute):
+                for a in np_.attribute:
+                    node.attrs[a.name] = self.attr(a, chain)
+                if in_order:
+                    for sub in node.subgraphs():  # uses from inside subgraphs count as well
+                        for inner in sub.all_nodes():
+                            for v in inner.inputs:
+                                if v is not None and v._producer is not None and v._producer.graph is None:
+                                    in_order = False
             g.append(node)
-        from .analysis import is_sorted
-
-        if not is_sorted(g):
+        if not in_order:
             g.sort()  # raises GraphCycleError for a cycle
 
     @staticmethod
@@ -359,7 +426,10 @@ class _Importer:
         return Attr(a.name, t, val, doc=a.doc_string)
 
     # -- tensors ----------------------------------------------------------------------------------
-    def tensor(self, tp: onnx.TensorProto, where: str) -> Tensor:
+    def tensor(self, tp: onnx.TensorProto, where: str, mappable: bool = False) -> Tensor:
+        """Wrap a TensorProto. `mappable`: it is a top-level initializer, the only tensors the wire
+        scanner cuts; any other tensor (a Constant's value, a subgraph initializer, sparse values)
+        may share such a name and must keep its own data."""
         try:
             dtype = DType(tp.data_type)
         except ValueError:
@@ -373,7 +443,7 @@ class _Importer:
         nbytes = (numel * dtype.itemsize_bits + 7) // 8
         if tp.data_location == onnx.TensorProto.EXTERNAL:
             return self._external(tp, dtype, dims, nbytes, where)
-        sl = self.mapped.get(tp.name)
+        sl = self.mapped.get(tp.name) if mappable else None
         if sl is not None and not tp.raw_data and dtype in _FIXED_WIDTH and self.buf is not None:
             if sl.length != nbytes:
                 raise ModelTooLargeError(f"{where}: tensor {tp.name!r} declares shape {list(dims)} "
@@ -504,6 +574,25 @@ def _collect_types(gp: onnx.GraphProto) -> dict[str, onnx.ValueInfoProto]:
     return types
 
 
+_TYPE_CACHE: dict[bytes, Type | None] = {}
+
+
+def _type_cached(tp: onnx.TypeProto) -> Type | None:
+    """`_type`, memoised on the serialized TypeProto: models repeat a few types over thousands of
+    values, and types are immutable, so values may share one object."""
+    key = tp.SerializeToString()
+    t = _TYPE_CACHE.get(key, _MISSING)
+    if t is _MISSING:
+        t = _type(tp)
+        if len(_TYPE_CACHE) > 4096:  # bounded: a model with ever-new symbolic dims must not grow it
+            _TYPE_CACHE.clear()
+        _TYPE_CACHE[key] = t
+    return t  # type: ignore[return-value]
+
+
+_MISSING: Any = object()
+
+
 def _type(tp: onnx.TypeProto) -> Type | None:
     kind = tp.WhichOneof("value")
     if kind == "tensor_type":
@@ -550,7 +639,8 @@ def _shape(sp: onnx.TensorShapeProto) -> Shape:
 # ------------------------------------------------------------------------------------------------
 def to_onnx(model: Model) -> onnx.ModelProto:
     """Export to an onnx.ModelProto (weights are copied into the message)."""
-    return _Exporter(defer=None).model(model)
+    with _gc_paused():
+        return _Exporter(defer=None).model(model)
 
 
 def save(model: Model, path: str | os.PathLike, *, external_data: bool | None = None) -> None:
@@ -562,8 +652,9 @@ def save(model: Model, path: str | os.PathLike, *, external_data: bool | None = 
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    exp = _Exporter(defer=1024)
-    proto = exp.model(model)
+    exp = _Exporter(defer=_SAVE_DEFER_BYTES)
+    with _gc_paused():
+        proto = exp.model(model)
     total = sum(r.nbytes for _, r in exp.deferred)
     use_ext = external_data if external_data is not None else total + proto.ByteSize() >= _INLINE_SAVE_LIMIT
     tmp_files: list[str] = []
@@ -572,49 +663,86 @@ def save(model: Model, path: str | os.PathLike, *, external_data: bool | None = 
             data_name = path.name + ".data"
             fd, tmp_data = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".data")
             tmp_files.append(tmp_data)
+            _default_mode(fd)
             with os.fdopen(fd, "wb") as f:
                 offset = 0
                 for tp, raw in exp.deferred:
                     pad = (-offset) % 64  # 64-byte alignment lets consumers map tensors directly
                     f.write(b"\0" * pad)
                     offset += pad
-                    f.write(raw)
+                    _write_holey(f, raw)
                     tp.data_location = onnx.TensorProto.EXTERNAL
                     del tp.external_data[:]
                     for k, v in (("location", data_name), ("offset", str(offset)), ("length", str(raw.nbytes))):
                         e = tp.external_data.add()
                         e.key, e.value = k, v
                     offset += raw.nbytes
+                f.truncate(offset)  # a trailing hole still counts towards the file's size
             fd, tmp_model = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".onnx")
             tmp_files.append(tmp_model)
+            _default_mode(fd)
             with os.fdopen(fd, "wb") as f:
                 f.write(proto.SerializeToString())
             os.replace(tmp_data, path.parent / data_name)
             os.replace(tmp_model, path)
             return
-        # Stream: the message without the big initializers, then each one with its bytes.
+        # Stream: serialize the graph with the big initializers still empty, then splice each one's
+        # raw_data into its place while writing. Initializer order is kept (the file holds the same
+        # message as the exported proto), and nothing is copied out of the message: moving tensors
+        # out of the repeated field and back cost more than the rest of saving a 50k-node graph.
         graph = proto.graph
         deferred = {tp.name: raw for tp, raw in exp.deferred}
-        inits = list(graph.initializer)
-        graph.ClearField("initializer")
-        big = []
-        for tp in inits:
-            if tp.name in deferred:
-                big.append((tp.SerializeToString(), deferred[tp.name]))
-            else:
-                graph.initializer.append(tp)
+        by_index = {i: deferred[tp.name] for i, tp in enumerate(graph.initializer) if tp.name in deferred} \
+            if deferred else {}
         gbytes = graph.SerializeToString()
         proto.ClearField("graph")
         mbytes = proto.SerializeToString()
         fd, tmp_model = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".onnx")
         tmp_files.append(tmp_model)
+        _default_mode(fd)
         with os.fdopen(fd, "wb") as f:
-            wire.write_model_streaming(f, mbytes, gbytes, big)
+            wire.write_model_spliced(f, mbytes, gbytes, by_index)
         os.replace(tmp_model, path)
     finally:
         for t in tmp_files:
             if os.path.exists(t):
                 os.unlink(t)
+
+
+_HOLE_CHUNK = 1 << 22
+
+
+def _write_holey(f: Any, raw: memoryview) -> None:
+    """Write `raw`, seeking over all-zero 4 MiB chunks instead of writing them.
+
+    On file systems with sparse files the zeros then cost no disk and no write time (a >2 GB model
+    of zero-initialised state would otherwise take tens of seconds to save); the caller truncates
+    the file to its full length so a trailing hole still reads back as zeros.
+    """
+    raw = raw.cast("B") if raw.format != "B" or raw.ndim != 1 else raw
+    n = raw.nbytes
+    pos = 0
+    while pos < n:
+        chunk = raw[pos:pos + _HOLE_CHUNK]
+        if len(chunk) == _HOLE_CHUNK and not np.frombuffer(chunk, np.uint64).any():
+            f.seek(len(chunk), os.SEEK_CUR)
+        else:
+            f.write(chunk)
+        pos += len(chunk)
+
+
+def _default_mode(fd: int) -> None:
+    """mkstemp makes 0600 files; a saved model gets the mode a plain open() would give it."""
+    umask = None
+    try:  # read it without changing it: os.umask() would race with other threads creating files
+        with open("/proc/self/status") as st:
+            umask = next((int(line.split()[1], 8) for line in st if line.startswith("Umask:")), None)
+    except OSError:
+        pass
+    if umask is None:
+        umask = os.umask(0o022)
+        os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
 
 
 class _Exporter:
@@ -646,8 +774,8 @@ class _Exporter:
             e = p.metadata_props.add()
             e.key, e.value = k, v
         self.top = True
-        p.graph.CopyFrom(self.graph(m.graph))
-        # CopyFrom copies; keep the deferred protos pointing at the message's own objects.
+        self.graph(m.graph, gp=p.graph)  # built in place: copying a graph copies all its weights
+        # Appending copies; keep the deferred protos pointing at the message's own objects.
         if self.deferred:
             names = {tp.name: raw for tp, raw in self.deferred}
             self.deferred = [(tp, names[tp.name]) for tp in p.graph.initializer if tp.name in names]
@@ -684,7 +812,7 @@ class _Exporter:
             o = fp.opset_import.add()
             o.domain, o.version = dom, ver
         for n in f.graph:
-            fp.node.append(self.node(n, names))
+            self.node(n, names, fp.node.add())
         declared = set(f.graph.extra.get("function_value_info", []))
         if declared:
             for v in f.graph.values():
@@ -695,22 +823,23 @@ class _Exporter:
             e.key, e.value = k, v
         return fp
 
-    def graph(self, g: Graph, parent: "_Namer | None" = None) -> onnx.GraphProto:
+    def graph(self, g: Graph, parent: "_Namer | None" = None, gp: onnx.GraphProto | None = None) -> onnx.GraphProto:
+        """Export `g` into `gp` (a new GraphProto when None)."""
         top, self.top = self.top, False
-        gp = onnx.GraphProto()
+        gp = onnx.GraphProto() if gp is None else gp
         gp.name = g.name
         if g.doc:
             gp.doc_string = g.doc
         names = _Namer(g, parent)
         for v in g.initializers.values():
-            gp.initializer.append(self.tensor(v.const, names(v), defer=top))
+            self.tensor(v.const, names(v), defer=top, out=gp.initializer.add())
         for name, sp in g.sparse_initializers.items():
             gp.sparse_initializer.append(self.sparse(sp))
         for v in g.inputs:
             t = v.meta.get("input_type", v.type) if v.const is not None else v.type
             gp.input.append(_value_info(names(v), t, v.doc if v.const is None else v.doc))
         for n in g:
-            gp.node.append(self.node(n, names))
+            self.node(n, names, gp.node.add())  # filled in place: append() would copy each node
         for v in g.outputs:
             # Subgraph outputs keep what the source declared (often nothing): see value_info below.
             t = v.meta.get("declared_output_type", v.type if top else None)
@@ -720,7 +849,7 @@ class _Exporter:
         # Only values the source model declared get value_info. Inferred types are for passes;
         # exporting them would hand runtimes onnx's guesses (wrong for some If/Loop outputs), which
         # ONNX Runtime then trusts over its own inference.
-        for n in g:
+        for n in (g if declared else ()):
             for o in n.outputs:
                 if id(o) in io or _empty_output(o) or not o.name or o.name not in declared:
                     continue
@@ -733,13 +862,14 @@ class _Exporter:
             e.key, e.value = k, v
         return gp
 
-    def node(self, n: Node, names: "_Namer") -> onnx.NodeProto:
-        p = onnx.NodeProto()
+    def node(self, n: Node, names: "_Namer", p: onnx.NodeProto | None = None) -> onnx.NodeProto:
+        """Export `n` into `p` (a new NodeProto when None)."""
+        p = onnx.NodeProto() if p is None else p
         p.op_type = n.op_type
         if n.domain or n.meta.get("ai_onnx_spelling"):
             p.domain = "ai.onnx" if (not n.domain and n.meta.get("ai_onnx_spelling")) else n.domain
-        if n.name:
-            p.name = n.name
+        if n.name or n.meta.get("empty_name"):  # an explicitly empty name is kept as it came
+            p.name = n.name or ""
         if n.overload:
             p.overload = n.overload
         if n.doc:
@@ -803,12 +933,14 @@ class _Exporter:
         p.dims.extend(s.dims)
         return p
 
-    def tensor(self, t: Tensor, name: str | None, defer: bool = False) -> onnx.TensorProto:
+    def tensor(self, t: Tensor, name: str | None, defer: bool = False,
+               out: onnx.TensorProto | None = None) -> onnx.TensorProto:
+        """Export `t` into `out` (a new TensorProto when None); returns the filled proto."""
         if isinstance(t, ProtoTensor):
-            p = onnx.TensorProto()
+            p = onnx.TensorProto() if out is None else out
             p.CopyFrom(t.proto)
         elif isinstance(t, MappedTensor):
-            p = onnx.TensorProto()
+            p = onnx.TensorProto() if out is None else out
             if t.meta_proto is not None:
                 p.CopyFrom(t.meta_proto)
             else:
@@ -823,7 +955,7 @@ class _Exporter:
             arr = t.numpy()
             if defer and self.defer is not None and t.nbytes >= self.defer and arr.dtype != object \
                     and t.dtype.itemsize_bits >= 8:
-                p = onnx.TensorProto()
+                p = onnx.TensorProto() if out is None else out
                 p.dims.extend(t.shape.dims)
                 p.data_type = int(t.dtype)
                 a = np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<"), copy=False)
@@ -833,9 +965,13 @@ class _Exporter:
             p = onnx.numpy_helper.from_array(np.asarray(arr), name or "")
             if p.data_type != int(t.dtype):
                 p = _retyped(arr, t.dtype)
+            if out is not None:
+                out.CopyFrom(p)
+                p = out
         if name is not None:
-            p.name = name
-        elif t.name is not None:
+            if name or p.name:  # assigning "" would add an empty name field the source did not have
+                p.name = name
+        elif t.name:
             p.name = t.name
         if t.doc:
             p.doc_string = t.doc
@@ -859,7 +995,9 @@ class _Namer:
 
     def __init__(self, g: Graph, parent: "_Namer | None" = None) -> None:
         self.parent = parent
-        self.taken: set[str] = set(parent.taken) if parent is not None else set()
+        # One set for the whole model: ONNX Runtime wants every name unique across a graph and all
+        # its subgraphs, so a name generated in one branch must not reappear in another or outside.
+        self.taken: set[str] = parent.taken if parent is not None else set()
         self.names: dict[int, str] = {}
         self.counter = 0
         for v in _defined(g):

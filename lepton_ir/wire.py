@@ -120,16 +120,20 @@ def split_weights(buf, min_bytes: int = 1024) -> tuple[bytes, dict[str, RawSlice
         gpieces: list[bytes | memoryview] = []
         glast = pstart
         for gf, gw, gfs, gps, gpe in iter_fields(buf, pstart, pend):
-            if gf != GRAPH_INITIALIZER or gw != WIRE_LEN:
-                continue
+            if gf != GRAPH_INITIALIZER or gw != WIRE_LEN or gpe - gps < min_bytes:
+                continue  # (a tensor message smaller than min_bytes cannot hold min_bytes of data)
             name = None
             raw = None
+            n_raw = 0
             for tf, tw, tfs, tps, tpe in iter_fields(buf, gps, gpe):
                 if tf == T_NAME and tw == WIRE_LEN:
                     name = bytes(mv[tps:tpe]).decode("utf-8", "replace")
                 elif tf == T_RAW_DATA and tw == WIRE_LEN:
                     raw = (tfs, tps, tpe)
-            if raw is None or name is None or raw[2] - raw[1] < min_bytes or name in slices:
+                    n_raw += 1
+            # A repeated raw_data field is legal protobuf (the last one wins); cutting one of them
+            # would let another show through, so such a tensor is left for protobuf to decode.
+            if raw is None or n_raw > 1 or name is None or raw[2] - raw[1] < min_bytes or name in slices:
                 continue
             tfs, tps, tpe = raw
             slices[name] = RawSlice(name, tps, tpe - tps)
@@ -175,4 +179,45 @@ def write_model_streaming(f: BinaryIO, model_wo_graph: bytes, graph_wo_big: byte
         f.write(head)
         f.write(raw)
         written += len(head) + raw.nbytes
+    return written
+
+
+def write_model_spliced(f: BinaryIO, model_wo_graph: bytes, graph: bytes, raws: dict[int, memoryview]) -> int:
+    """Write a ModelProto whose graph's initializers number `i` (keys of `raws`) get raw_data.
+
+    `graph` is a serialized GraphProto in which those initializers have no raw_data; each is
+    re-emitted with a raw_data field appended (protobuf accepts fields in any order), its bytes
+    written straight from the buffer. Everything else is copied through in bulk, so the output is
+    the complete message without ever holding it in memory. Returns bytes written.
+    """
+    # (body start, field end, new key+length, raw_data key+length, raw) per spliced initializer
+    edits: list[tuple[int, int, bytes, bytes, memoryview]] = []
+    starts: list[int] = []
+    glen = len(graph)
+    k = 0
+    for field, wt, fstart, pstart, pend in (iter_fields(graph, 0, len(graph)) if raws else ()):
+        if field != GRAPH_INITIALIZER or wt != WIRE_LEN:
+            continue
+        raw = raws.get(k)
+        k += 1
+        if raw is None:
+            continue
+        raw_head = tag(T_RAW_DATA, WIRE_LEN) + encode_varint(raw.nbytes)
+        head = tag(GRAPH_INITIALIZER, WIRE_LEN) + encode_varint((pend - pstart) + len(raw_head) + raw.nbytes)
+        edits.append((pstart, pend, head, raw_head, raw))
+        starts.append(fstart)
+        glen += len(head) - (pstart - fstart) + len(raw_head) + raw.nbytes
+    mv = memoryview(graph)
+    written = 0
+    for chunk in (model_wo_graph, tag(MODEL_GRAPH, WIRE_LEN), encode_varint(glen)):
+        f.write(chunk)
+        written += len(chunk)
+    pos = 0
+    for fstart, (pstart, pend, head, raw_head, raw) in zip(starts, edits):
+        for chunk in (mv[pos:fstart], head, mv[pstart:pend], raw_head, raw):
+            f.write(chunk)
+            written += len(chunk) if not isinstance(chunk, memoryview) else chunk.nbytes
+        pos = pend
+    f.write(mv[pos:])
+    written += len(graph) - pos
     return written

@@ -1,0 +1,126 @@
+"""The ``tvm-cpu`` entry in the project's backend registry (``lepton_backends.get_backend``).
+
+``compile()`` (inherited) stages the artifact atomically through ``lepton_backends.atomic_dir``;
+``build()`` exports the IR to ONNX and runs this package's import/lower/build/artifact steps.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from lepton_backends.base import Backend, BackendError, register_backend
+
+
+def _parse_shapes(value: Any) -> dict[str, list[int]] | None:
+    """``input-shapes`` option: a dict, or JSON text like ``{"x": [1, 3, 224, 224]}``."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as e:
+            raise BackendError(f"tvm-cpu: input-shapes must be JSON like {{\"x\": [1, 3, 224, 224]}}: {e}") from None
+    if not isinstance(value, dict):
+        raise BackendError("tvm-cpu: input-shapes must map input names to shapes")
+    return {str(k): [int(d) for d in v] for k, v in value.items()}
+
+
+@register_backend
+class TvmCpuBackend(Backend):
+    """TVM-compiled shared library for CPUs (model.so + manifest.json); ARM presets cross-compile."""
+
+    name = "tvm-cpu"
+    default_pipeline = "canonicalize"
+    option_help = {
+        "input-shapes": 'JSON {"input": [dims]} pinning symbolic dims (lets TVM specialise kernels)',
+        "schedule": "auto (default: search-free CPU schedules) or none (naive TVM loops)",
+        "tuning-db": "folder of a MetaSchedule JSON database to take tuned kernels from",
+        "cross-cc": "C compiler for cross targets (default aarch64-linux-gnu-gcc for aarch64 targets)",
+    }
+
+    def build(self, model, staging: Path, *, target: str | None, options: dict[str, Any],
+              pipeline_text: str, source_sha256: str | None) -> None:
+        """Compile ``model`` (a ``lepton_ir.Model``) for ``target`` (preset/JSON; default native)."""
+        import shutil
+
+        import lepton_ir
+
+        from . import io_specs, lower
+        from .artifact import fill_artifact_dir
+        from .targets import resolve_target
+
+        try:
+            tgt = resolve_target(target or "native")
+        except ValueError as e:
+            raise BackendError(f"tvm-cpu: {e}") from None
+        schedule = str(options.get("schedule", "auto"))
+        database = None
+        if options.get("tuning-db"):
+            from .tune import open_database, tuning_target
+
+            database = open_database(options["tuning-db"])
+            tgt = tuning_target(tgt)
+        export_cc = None
+        triple = str(tgt.attrs.get("mtriple", "") or "") if tgt.kind.name == "llvm" else ""
+        if triple and not triple.startswith(_host_arch()):
+            cc = str(options.get("cross-cc") or ("aarch64-linux-gnu-gcc" if triple.startswith("aarch64") else ""))
+            if not cc or shutil.which(cc) is None:
+                raise BackendError(f"tvm-cpu: cross target {triple} needs a C cross compiler ({cc or 'cross-cc option'}) on PATH")
+            import tvm
+
+            export_cc = tvm.support.cc.cross_compiler(cc)
+        onnx_model = lepton_ir.to_onnx(prepare_for_tvm(model, _parse_shapes(options.get("input-shapes"))))
+        try:
+            mod = lower.to_relax(onnx_model, _parse_shapes(options.get("input-shapes")))
+            inputs, outputs = io_specs(onnx_model, mod)
+            ex = lower.build(mod, tgt, schedule=schedule, database=database)
+        except BackendError:
+            raise
+        except Exception as e:  # TVM importer/compiler errors: one line naming the backend
+            lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
+            raise BackendError(f"tvm-cpu: TVM could not compile the model: {lines[-1] if lines else type(e).__name__}") from e
+        text = pipeline_text + ("\n" if pipeline_text else "") + "[tvm]\n" + lower.pipeline_text(tgt, schedule=schedule, database=database)
+        fill_artifact_dir(
+            staging,
+            ex,
+            target=tgt,
+            model=onnx_model,
+            input_specs=inputs,
+            output_specs=outputs,
+            pipeline_text=text,
+            source_model_sha256=source_sha256,
+            export_cc=export_cc,
+            options=options,
+        )
+
+
+#: Lepton passes run on a copy of the model before TVM sees it: lower fused ops (if any) and the
+#: ops TVM's importer lacks (legalize), then clean up again (canonicalize), so TVM imports a graph
+#: of standard ops with constant shapes.
+PRE_LOWERING = ("lower-fused-to-standard", "legalize", "canonicalize")
+
+
+def prepare_for_tvm(model, input_shapes: dict[str, list[int]] | None = None):
+    """A copy of `model` ready for TVM's importer (the user's model object is left untouched)."""
+    import lepton_ir
+    from lepton_ir.clone import clone_model
+    from lepton_passes import get_pass, list_passes
+
+    work = clone_model(model)
+    if input_shapes:
+        lepton_ir.pin_input_shapes(work, input_shapes)
+    known = list_passes()
+    for name in PRE_LOWERING:
+        if name in known:
+            get_pass(name)().run(work)
+    work.verify()
+    return work
+
+
+def _host_arch() -> str:
+    import platform
+
+    m = platform.machine().lower()
+    return "aarch64" if m == "arm64" else m

@@ -1,0 +1,269 @@
+"""ONNX -> Relax -> TVM executable, with search-free schedules so untuned builds are not naive.
+
+Pipeline (CPU; see :func:`pipeline_passes`)::
+
+    DecomposeOpsForInference, CanonicalizeBindings      # BN -> arithmetic on constants
+    DispatchSampling, DispatchSortScan                  # TVM's library dispatch for CPU
+    LegalizeOps, AnnotateTIROpPattern, FoldConstant,    # ops -> TIR, fold weight transforms
+    FuseOps, FuseTIR                                    # conv/matmul + elementwise epilogue fusion
+    [MetaScheduleApplyDatabase]                         # tuned kernels, when a database is given
+    ApplyDefaultSchedule(dlight.cpu.GEMV, dlight.cpu.Reduction,
+                         TiledReduction, ParallelVectorize)   # see cpu_schedule.py
+    RewriteDataflowReshape ... VMShapeLower, AttachGlobalSymbol  # TVM's CPU lowering/finalize
+
+For CUDA targets the schedule step is ``dlight.gpu`` (Matmul, GEMV, Reduction, GeneralReduction,
+Fallback) applied inside the target context, as TVM's own CUDA pipeline does.
+
+Weights stay bound as constants (``keep_params_in_input=False``): FoldConstant then pre-computes
+every weight-only expression at compile time (Gemm's transposed weights, BN folded into scale and
+shift vectors), so no per-inference work remains on the weights, the fused kernels read constants,
+and the artifact is one self-contained ``model.so`` whose VM ``main`` takes only the model inputs.
+Detached params would add a transform-params step at load time and a second file to ship, and
+compile no faster for the model sizes Lepton targets.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import onnx
+
+# ONNX TensorProto element type -> TVM dtype string.
+_ONNX_TO_TVM_DTYPE = {
+    onnx.TensorProto.FLOAT: "float32",
+    onnx.TensorProto.FLOAT16: "float16",
+    onnx.TensorProto.BFLOAT16: "bfloat16",
+    onnx.TensorProto.DOUBLE: "float64",
+    onnx.TensorProto.INT8: "int8",
+    onnx.TensorProto.UINT8: "uint8",
+    onnx.TensorProto.INT16: "int16",
+    onnx.TensorProto.UINT16: "uint16",
+    onnx.TensorProto.INT32: "int32",
+    onnx.TensorProto.UINT32: "uint32",
+    onnx.TensorProto.INT64: "int64",
+    onnx.TensorProto.UINT64: "uint64",
+    onnx.TensorProto.BOOL: "bool",
+}
+
+
+def graph_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """The model's real inputs (graph inputs that are not initializers, for old-IR models)."""
+    inits = {t.name for t in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in inits]
+
+
+def onnx_dtype(value_info: onnx.ValueInfoProto) -> str:
+    """TVM/numpy dtype name of a tensor ValueInfo."""
+    elem = value_info.type.tensor_type.elem_type
+    if elem not in _ONNX_TO_TVM_DTYPE:
+        raise ValueError(f"{value_info.name!r}: unsupported ONNX element type {onnx.TensorProto.DataType.Name(elem)}")
+    return _ONNX_TO_TVM_DTYPE[elem]
+
+
+def onnx_shape(value_info: onnx.ValueInfoProto) -> list[int | str]:
+    """Shape of a tensor ValueInfo; symbolic or unknown dims come back as strings ('?' if unnamed)."""
+    dims: list[int | str] = []
+    for d in value_info.type.tensor_type.shape.dim:
+        if d.HasField("dim_value"):
+            dims.append(int(d.dim_value))
+        else:
+            dims.append(d.dim_param or "?")
+    return dims
+
+
+def resolved_input_shapes(
+    model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None
+) -> dict[str, list[int | str]]:
+    """Per input: the pinned shape from ``input_shapes`` if given, else the model's own shape.
+
+    Raises:
+        ValueError: ``input_shapes`` names an input the model lacks, or its rank/static dims
+            disagree with the model.
+    """
+    inputs = graph_inputs(model)
+    names = {i.name for i in inputs}
+    pinned = dict(input_shapes or {})
+    unknown = sorted(set(pinned) - names)
+    if unknown:
+        raise ValueError(f"input_shapes names unknown inputs {unknown}; model inputs: {sorted(names)}")
+    out: dict[str, list[int | str]] = {}
+    for vi in inputs:
+        shape = onnx_shape(vi)
+        if vi.name in pinned:
+            new = [int(d) for d in pinned[vi.name]]
+            if shape and len(new) != len(shape):
+                raise ValueError(f"input {vi.name!r}: pinned rank {len(new)} != model rank {len(shape)} ({shape})")
+            for i, (a, b) in enumerate(zip(shape, new)):
+                if isinstance(a, int) and a != b:
+                    raise ValueError(f"input {vi.name!r}: dim {i} is {a} in the model, pinned to {b}")
+            shape = list(new)
+        out[vi.name] = shape
+    return out
+
+
+def to_relax(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = None) -> "tvm.IRModule":  # noqa: F821
+    """Import an ONNX model into a Relax ``IRModule`` with weights bound as constants.
+
+    Args:
+        model: the ONNX model.
+        input_shapes: optional ``{input name: shape}`` pinning symbolic dims (e.g. batch). Pinned
+            shapes let TVM specialise every kernel; symbolic ones stay as Relax shape variables.
+    """
+    from tvm.relax.frontend.onnx import from_onnx
+
+    shapes = resolved_input_shapes(model, input_shapes)
+    # from_onnx takes only int dims here; inputs left symbolic are omitted so the importer keeps
+    # their dim_params as Relax shape variables.
+    shape_dict = {name: list(shape) for name, shape in shapes.items() if all(isinstance(d, int) for d in shape)}
+    dtype_dict = {vi.name: onnx_dtype(vi) for vi in graph_inputs(model)}
+    mod = from_onnx(model, shape_dict=shape_dict, dtype_dict=dtype_dict, keep_params_in_input=False)
+    return mod
+
+
+def _gpu(target) -> bool:
+    return "gpu" in [str(k) for k in target.keys]
+
+
+def pipeline_passes(target: "tvm.target.Target", *, schedule: str = "auto", database: Any = None) -> list:  # noqa: F821
+    """The Relax passes :func:`build` runs for ``target``, as a list (see the module docstring).
+
+    Args:
+        target: the TVM target.
+        schedule: ``"auto"`` (search-free schedules) or ``"none"`` (TVM's naive loop nests, for
+            comparisons).
+        database: optional MetaSchedule database whose tuned kernels replace the default schedules.
+    """
+    from tvm import relax
+    from tvm.relax import backend
+    from tvm.s_tir import dlight as dl
+
+    from . import cpu_schedule
+
+    if schedule not in ("auto", "none"):
+        raise ValueError(f"schedule must be 'auto' or 'none', not {schedule!r}")
+    passes: list = [
+        relax.transform.DecomposeOpsForInference(),
+        relax.transform.CanonicalizeBindings(),
+        backend.DispatchSampling(),
+        backend.DispatchSortScan(),
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+        relax.transform.DeadCodeElimination(),
+    ]
+    if database is not None:
+        passes.append(_ApplyDatabase(database))
+    gpu = _gpu(target)
+    if gpu:
+        # GPU kernels need thread bindings to compile at all, so "none" is not an option there.
+        passes.append(dl.ApplyDefaultSchedule(*cpu_schedule.default_gpu_rules()))
+    elif schedule == "auto":
+        passes.append(dl.ApplyDefaultSchedule(*cpu_schedule.default_cpu_rules()))
+    passes += [
+        relax.transform.RewriteDataflowReshape(),
+        relax.transform.ToNonDataflow(),
+        relax.transform.RemovePurityChecking(),
+        relax.transform.CallTIRRewrite(),
+        relax.transform.StaticPlanBlockMemory(),
+    ]
+    if gpu:
+        passes.append(relax.transform.RewriteCUDAGraph())
+    passes += [
+        relax.transform.LowerAllocTensor(),
+        relax.transform.KillAfterLastUse(),
+        relax.transform.LowerRuntimeBuiltin(),
+        relax.transform.ComputePrimValue(),
+        relax.transform.VMShapeLower(),
+        relax.transform.AttachGlobalSymbol(),
+    ]
+    return passes
+
+
+class _ApplyDatabase:
+    """MetaScheduleApplyDatabase run with ``database`` made current (a Relax module pass)."""
+
+    def __init__(self, database: Any) -> None:
+        self.database = database
+
+    def __call__(self, mod, ctx=None):
+        from tvm import relax
+
+        with self.database:
+            return relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(mod)
+
+    @property
+    def info(self):  # lets tvm.transform.Sequential-style printing name it
+        return type("I", (), {"name": "MetaScheduleApplyDatabase"})()
+
+
+def pipeline_text(target: "tvm.target.Target", *, schedule: str = "auto", database: Any = None) -> str:  # noqa: F821
+    """A human-readable, stable description of the pipeline (stored in artifact manifests)."""
+    from . import cpu_schedule
+
+    names = []
+    for p in pipeline_passes(target, schedule=schedule, database=database):
+        if isinstance(p, _ApplyDatabase):
+            names.append("MetaScheduleApplyDatabase")
+            continue
+        name = p.info.name
+        if name == "ApplyDefaultSchedule":
+            rules = cpu_schedule.default_gpu_rules() if _gpu(target) else cpu_schedule.default_cpu_rules()
+            name += "(" + ", ".join(_rule_name(r) for r in rules) + ")"
+        names.append(name)
+    return "\n".join(names)
+
+
+def _rule_name(rule) -> str:
+    mod = type(rule).__module__
+    if ".dlight.gpu" in mod:
+        return f"dlight.gpu.{type(rule).__name__}"
+    if ".dlight.cpu" in mod:
+        return f"dlight.cpu.{type(rule).__name__}"
+    return f"lepton.{type(rule).__name__}"
+
+
+def make_pipeline(target: "tvm.target.Target", *, schedule: str = "auto", database: Any = None):  # noqa: F821
+    """A single module pass running :func:`pipeline_passes` inside ``target``'s context."""
+    import tvm
+
+    passes = pipeline_passes(target, schedule=schedule, database=database)
+
+    @tvm.transform.module_pass(opt_level=0, name="LeptonTVMPipeline")
+    def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        # dlight rules and LegalizeOps read Target.current(); the context makes them see ours.
+        with target:
+            for p in passes:
+                mod = p(mod)
+        return mod
+
+    return _pipeline
+
+
+def build(
+    mod: "tvm.IRModule",  # noqa: F821
+    target: "str | dict | tvm.target.Target",  # noqa: F821
+    *,
+    schedule: str = "auto",
+    database: Any = None,
+) -> "tvm.relax.Executable":  # noqa: F821
+    """Compile a Relax module (from :func:`to_relax`) into a VM executable for ``target``.
+
+    Args:
+        mod: the Relax module.
+        target: a ``tvm.target.Target``, a preset name or a target JSON string/dict.
+        schedule: ``"auto"`` (default; search-free schedules) or ``"none"`` (naive; CPU only).
+        database: optional MetaSchedule database (see :mod:`.tune`) to apply tuned kernels from.
+
+    Returns:
+        The ``tvm.relax.Executable``; export with ``executable.export_library(path)``.
+    """
+    import tvm
+
+    from .targets import resolve_target
+
+    if not isinstance(target, tvm.target.Target):
+        target = resolve_target(target)
+    pipeline = make_pipeline(target, schedule=schedule, database=database)
+    return tvm.compile(mod, target=target, relax_pipeline=pipeline)
