@@ -170,10 +170,23 @@ def _load(src: str | os.PathLike | bytes | onnx.ModelProto, *, infer_shapes: boo
     return model
 
 
+SCAN_MIN_BYTES = 32 << 20
+
+
+def _validate_top_level(buf: Any) -> None:
+    """Walk the ModelProto's top-level fields (cheap) so garbage is refused as malformed rather
+    than half-parsed by protobuf, which skips unknown fields."""
+    for _ in wire.iter_fields(buf, 0, len(buf)):
+        pass
+    return None
+
+
 def _parse(buf: Any, what: str) -> tuple[onnx.ModelProto, dict[str, wire.RawSlice]]:
     mapped: dict[str, wire.RawSlice] = {}
     try:
-        split = wire.split_weights(buf)
+        # Below SCAN_MIN_BYTES the weights cannot dominate memory, and scanning every field in
+        # Python costs more than protobuf's own parse: only validate the top level there.
+        split = wire.split_weights(buf) if len(buf) >= SCAN_MIN_BYTES else _validate_top_level(buf)
     except wire.WireError as e:
         raise ModelLoadError(f"{what}: malformed protobuf ({e})") from None
     data: Any = buf

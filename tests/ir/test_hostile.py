@@ -29,6 +29,15 @@ def _vi(name: str, dims: list | None = None, elem: int = TensorProto.FLOAT) -> o
     return helper.make_tensor_value_info(name, elem, [2] if dims is None else dims)
 
 
+
+@pytest.fixture(autouse=True)
+def _always_scan(monkeypatch):
+    """Files here are small; scan them anyway so the mapped-weights path (used above
+    onnx_io.SCAN_MIN_BYTES) is what these tests exercise."""
+    import lepton_ir.onnx_io
+
+    monkeypatch.setattr(lepton_ir.onnx_io, "SCAN_MIN_BYTES", 0)
+
 def _model(nodes, inputs=("x",), outputs=("y",), inits=(), opsets=(("", 17),), value_info=()) -> onnx.ModelProto:
     g = helper.make_graph(list(nodes), "g", [_vi(i) if isinstance(i, str) else i for i in inputs],
                           [_vi(o) if isinstance(o, str) else o for o in outputs], list(inits),

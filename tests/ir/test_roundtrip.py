@@ -29,6 +29,15 @@ sys.modules.setdefault("roundtrip_corpus", rt)
 _spec.loader.exec_module(rt)  # type: ignore[union-attr]
 
 
+
+@pytest.fixture(autouse=True)
+def _always_scan(monkeypatch):
+    """Files here are small; scan them anyway so the mapped-weights path (used above
+    onnx_io.SCAN_MIN_BYTES) is what these tests exercise."""
+    import lepton_ir.onnx_io
+
+    monkeypatch.setattr(lepton_ir.onnx_io, "SCAN_MIN_BYTES", 0)
+
 def _real_path(name: str) -> pathlib.Path:
     try:
         return corpus.real_model_path(name)
