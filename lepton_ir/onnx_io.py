@@ -461,7 +461,7 @@ class _Importer:
             if sl.length != nbytes:
                 raise ModelTooLargeError(f"{where}: tensor {tp.name!r} declares shape {list(dims)} "
                                          f"({nbytes} bytes) but holds {sl.length} bytes")
-            return MappedTensor(tp.name, dtype, dims, self.buf, sl.offset, sl.length, meta_proto=tp,
+            return MappedTensor(tp.name, dtype, dims, self.buf, sl.offset, sl.length, meta_proto=_own(tp),
                                 doc=tp.doc_string)
         if sl is not None and not tp.raw_data:
             # Cut out by the scanner but not mappable (e.g. a packed 4-bit type): put it back.
@@ -470,7 +470,7 @@ class _Importer:
         if have is not None and have != numel and not (have == 0 and numel == 0):
             raise ModelTooLargeError(f"{where}: tensor {tp.name!r} declares shape {list(dims)} "
                                      f"({numel} elements) but holds {have}")
-        return ProtoTensor(tp)
+        return ProtoTensor(_own(tp))
 
     def sparse(self, sp: onnx.SparseTensorProto, where: str) -> SparseTensor:
         return SparseTensor(self.tensor(sp.values, where), self.tensor(sp.indices, where), tuple(sp.dims))
@@ -540,6 +540,14 @@ def _safe_external_path(base_dir: str, loc: str, name: str, where: str) -> str:
     if not os.path.isfile(full):
         raise ExternalDataError(f"{where}: external-data file {loc!r} of {name!r} does not exist")
     return full
+
+
+def _own(tp: onnx.TensorProto) -> onnx.TensorProto:
+    """A standalone copy: a sub-message keeps its whole parsed model alive (one protobuf arena),
+    so holding tensors by reference would keep every node's protobuf in memory after import."""
+    out = onnx.TensorProto()
+    out.CopyFrom(tp)
+    return out
 
 
 def _with_raw(tp: onnx.TensorProto, raw: bytes) -> onnx.TensorProto:
