@@ -863,7 +863,7 @@ class _Exporter:
             self.node(n, names, gp.node.add())  # filled in place: append() would copy each node
         for v in g.outputs:
             # Subgraph outputs keep what the source declared (often nothing): see value_info below.
-            t = v.meta.get("declared_output_type", v.type if top else None)
+            t = _declared(v, "declared_output_type", v.type if top else None)
             gp.output.append(_value_info(names(v), t, v.meta.get("output_doc", "")))
         io = {id(v) for v in g.inputs} | {id(v) for v in g.outputs}
         declared = set(g.extra.get("declared_value_info", []))
@@ -874,7 +874,7 @@ class _Exporter:
             for o in n.outputs:
                 if id(o) in io or _empty_output(o) or not o.name or o.name not in declared:
                     continue
-                gp.value_info.append(_value_info(names(o), o.meta.get("declared_type", o.type), o.doc))
+                gp.value_info.append(_value_info(names(o), _declared(o, "declared_type", None), o.doc))
         for b in g.extra.get("quantization_annotation", []):
             q = gp.quantization_annotation.add()
             q.ParseFromString(b)
@@ -997,6 +997,19 @@ class _Exporter:
         if t.doc:
             p.doc_string = t.doc
         return p
+
+
+def _declared(v: Value, key: str, fallback: Type | None) -> Type | None:
+    """The type the source declared for `v`, unless a pass has since changed the value's element
+    type or rank (e.g. fp16): then the declaration is stale and `fallback` is used instead."""
+    if key not in v.meta:
+        return v.type if fallback is not None else None
+    t = v.meta[key]
+    cur = v.type
+    if isinstance(t, TensorType) and isinstance(cur, TensorType):
+        if t.dtype != cur.dtype or (t.shape is not None and cur.shape is not None and len(t.shape) != len(cur.shape)):
+            return fallback
+    return t
 
 
 def _retyped(arr: np.ndarray, dtype: DType) -> onnx.TensorProto:

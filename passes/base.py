@@ -119,7 +119,8 @@ def _load_builtins() -> None:
 
 
 #: Modules holding the built-in passes; imported on first registry access.
-_BUILTIN_MODULES: list[str] = ["lepton_passes.canonicalize", "lepton_passes.legalize", "lepton_passes.fusion"]
+_BUILTIN_MODULES: list[str] = ["lepton_passes.canonicalize", "lepton_passes.legalize", "lepton_passes.fusion",
+                                   "lepton_passes.quant"]
 
 
 def get_pass(name: str) -> type[Pass]:

@@ -126,11 +126,10 @@ class Quant8(Pass):
     def run(self, model: Model) -> bool:
         g = model.graph
         infer_types(model)
-        if self.fold_batchnorm:
-            _fold_batchnorms(model)
+        folded = _fold_batchnorms(model) if self.fold_batchnorm else 0
         entries, qnodes = self._plan(model)
         if not qnodes:
-            return False
+            return folded > 0
         self._ensure_opset(model)
         # -- calibration ----------------------------------------------------------------------
         calib = self.calib or "random:8"
@@ -156,8 +155,10 @@ class Quant8(Pass):
                 if prod is not None and id(prod) in qnodes:
                     extra.add(id(prod))
             entries, qnodes = self._plan(model, extra)
+        else:
+            self._assign_qparams(entries, stats, signed)  # the last plan's parameters, whatever their SQNR
         if not qnodes:
-            return False
+            return folded > 0
         # -- rewrite --------------------------------------------------------------------------
         for e in {id(e): e for e in entries.values()}.values():
             self._insert_qdq(model, e, qnodes)
@@ -409,12 +410,13 @@ def _rewrite_softmax_for_13(g, n: Node) -> None:
     g.remove(n)
 
 
-def _fold_batchnorms(model: Model) -> None:
+def _fold_batchnorms(model: Model) -> int:
     """Conv -> BatchNormalization (inference, constant statistics, Conv output read by the BN
     only) becomes one Conv with W' = W * k, b' = (b - mean) * k + beta, k = gamma / sqrt(var + eps).
     Done before calibration so that the int8 grid is fitted to the folded weights: quantizing the
     Conv and leaving the BN in float would both cost a kernel and scale the rounding error by k."""
     g = model.graph
+    folded = 0
     for bn in list(g):
         if bn.op_type != "BatchNormalization" or bn.domain not in ("", "ai.onnx") or len(bn.outputs) != 1:
             continue
@@ -450,3 +452,5 @@ def _fold_batchnorms(model: Model) -> None:
         # compares tensors by name with the float model).
         if x.name != name and name:
             out.name, x.name = None, name
+        folded += 1
+    return folded

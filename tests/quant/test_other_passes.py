@@ -97,3 +97,14 @@ def test_report(tmp_path, rng):
     text = format_report(r)
     assert "SQNR" in text and "size:" in text
     json.loads(report_json(r))
+
+
+def test_passes_pass_the_differential_check_with_their_derived_tolerance(tmp_path):
+    from lepton_passes import DifferentialInstrument, PassManager
+
+    for pipeline, proto in (("fp16", cnn_proto), ("quant8-dynamic", matmul_proto),
+                            ("quant8{calib=\"random:4\"},qdq-to-qoperator", cnn_proto)):
+        m = load_proto(proto(), tmp_path)
+        inst = DifferentialInstrument()
+        PassManager(pipeline, instruments=[inst]).run(m)
+        assert inst.checked >= 1, pipeline

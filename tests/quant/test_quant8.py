@@ -173,3 +173,27 @@ def test_second_run_changes_nothing(tmp_path, rng):
     text = lepton_ir.to_text(qm)
     assert not p.run(qm)
     assert lepton_ir.to_text(qm) == text
+
+
+def test_batchnorm_is_folded_before_quantization(tmp_path, rng):
+    import onnx
+    from onnx import TensorProto as T
+    from onnx import helper as h
+    from onnx import numpy_helper as nh
+
+    w = (rng.standard_normal((4, 3, 3, 3)) * 0.3).astype(np.float32)
+    stats = [rng.uniform(0.5, 2, 4), rng.standard_normal(4), rng.standard_normal(4) * 0.1, rng.uniform(0.5, 2, 4)]
+    inits = [nh.from_array(w, "W")] + [nh.from_array(a.astype(np.float32), n) for a, n in zip(stats, "gbmv")]
+    g = h.make_graph([h.make_node("Conv", ["x", "W"], ["c"], pads=[1, 1, 1, 1]),
+                      h.make_node("BatchNormalization", ["c", "g", "b", "m", "v"], ["y"])], "g",
+                     [h.make_tensor_value_info("x", T.FLOAT, [1, 3, 8, 8])],
+                     [h.make_tensor_value_info("y", T.FLOAT, [1, 4, 8, 8])], inits)
+    proto = h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+    xs = _samples(rng, (3, 8, 8))
+    fm, qm = load_proto(proto, tmp_path), load_proto(proto, tmp_path, "q.onnx")
+    p = Quant8(calib=calib_file(tmp_path, {"x": xs}), calibration="minmax", progress=False)
+    assert p.run(qm)
+    assert "BatchNormalization" not in _ops(qm)
+    conv = next(n for n in qm.graph if n.op_type == "Conv")
+    assert conv.inputs[2] is not None and conv.inputs[2].producer().op_type == "DequantizeLinear"
+    _check_within_tolerance(fm, qm, p, xs)
