@@ -109,3 +109,28 @@ def static_shape(v: Value | None) -> tuple[int, ...] | None:
     if t is None or t.shape is None or not t.shape.is_static:
         return None
     return tuple(t.shape.dims)  # type: ignore[arg-type]
+
+
+def splice(node: Node, body: Graph, inputs: dict[int, Value], attr_env: Any = None) -> None:
+    """Replace `node` by a copy of `body`'s nodes (function inlining, If folding, op expansion).
+
+    `inputs` maps id(formal value of `body`) -> the value to read instead (it is extended with the
+    copies). `attr_env` resolves attribute references. The node's outputs are replaced by the
+    copies of `body`'s outputs, keeping graph-output names; an output `body` leaves undefined (an
+    omitted optional output) must be unused. Then `node` is removed.
+    """
+    from lepton_ir.clone import clone_node
+
+    g = node.graph
+    assert g is not None
+    with g.inserting_before(node):
+        for n in body:
+            g.append(clone_node(n, inputs, attr_env))
+    for res, out in zip(body.outputs, node.outputs):
+        new = inputs.get(id(res), res if res.graph is not body else None)  # outer values pass through
+        if new is None:
+            continue
+        if new.type is None:
+            new.type = out.type
+        replace_value(out, new)
+    g.remove(node)

@@ -5,25 +5,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lepton_ir import Graph, Model, Node, Value
-from lepton_ir.clone import clone_node
 
 from ..base import Pass, register_pass
-from ..util import constant_value, replace_value
+from ..util import constant_value, splice
 
 
 def _inline_branch(g: Graph, node: Node, branch: Graph) -> None:
-    vmap: dict[int, Value] = {}
-    for name, v in branch.initializers.items():
-        vmap[id(v)] = g.constant(v.const, name=name)
-    with g.inserting_before(node):
-        for n in branch:
-            g.append(clone_node(n, vmap))
-    for out, res in zip(node.outputs, branch.outputs):
-        new = vmap.get(id(res), res)  # a branch may return an outer value directly
-        if new.type is None:
-            new.type = out.type
-        replace_value(out, new)
-    g.remove(node)
+    # Branch-local initializers become initializers of the enclosing graph.
+    vmap: dict[int, Value] = {id(v): g.constant(v.const, name=name) for name, v in branch.initializers.items()}
+    splice(node, branch, vmap)
 
 
 @register_pass

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lepton_ir import Attr, Function, Graph, Model, Node, Value
-from lepton_ir.clone import clone_node
+from lepton_ir import Attr, Function, Model, Node
 
 from ..base import Pass, register_pass
-from ..util import replace_value
+from ..util import splice
 
 
 def _compatible(f: Function, model: Model) -> bool:
@@ -20,24 +19,11 @@ def _compatible(f: Function, model: Model) -> bool:
     return True
 
 
-def _inline_call(g: Graph, call: Node, f: Function) -> None:
+def _inline_call(call: Node, f: Function) -> None:
     env: dict[str, Attr] = dict(f.attribute_defaults)
     env.update(call.attrs)
-    vmap: dict[int, Value] = {}
-    for formal, actual in zip(f.graph.inputs, call.inputs):
-        if actual is not None:
-            vmap[id(formal)] = actual
-    with g.inserting_before(call):
-        for n in f.graph:
-            g.append(clone_node(n, vmap, env))
-    for formal_out, out in zip(f.graph.outputs, call.outputs):
-        new = vmap.get(id(formal_out))
-        if new is None:
-            continue  # an omitted optional output of the function
-        if new.type is None:
-            new.type = out.type
-        replace_value(out, new)
-    g.remove(call)
+    vmap = {id(formal): actual for formal, actual in zip(f.graph.inputs, call.inputs) if actual is not None}
+    splice(call, f.graph, vmap, env)
 
 
 @register_pass
@@ -59,7 +45,7 @@ class InlineFunctions(Pass):
                         continue
                     for dom, ver in f.opset_imports.items():
                         model.opset_imports.setdefault("" if dom == "ai.onnx" else dom, ver)
-                    _inline_call(g, n, f)
+                    _inline_call(n, f)
                     progress = True
             changed |= progress
             if not progress:

@@ -13,10 +13,9 @@ from dataclasses import dataclass, field
 import onnx
 
 from lepton_ir import Attr, Model, Node, Value
-from lepton_ir.clone import clone_node
 
 from ..base import Pass, register_pass
-from ..util import replace_value
+from ..util import splice
 
 DEFAULT_OPS = ("DynamicQuantizeLinear", "MeanVarianceNormalization")
 
@@ -65,21 +64,8 @@ def expand_node(node: Node, body: onnx.FunctionProto, opset: int | None = None) 
     if opset is not None:
         env.update(_schema_defaults(node.op_type, opset))
     env.update(node.attrs)
-    vmap: dict[int, Value] = {}
-    for formal, actual in zip(fn.graph.inputs, node.inputs):
-        if actual is not None:
-            vmap[id(formal)] = actual
-    with g.inserting_before(node):
-        for n in fn.graph:
-            g.append(clone_node(n, vmap, env))
-    for formal_out, out in zip(fn.graph.outputs, node.outputs):
-        new = vmap.get(id(formal_out))
-        if new is None:
-            continue
-        if new.type is None:
-            new.type = out.type
-        replace_value(out, new)
-    g.remove(node)
+    vmap = {id(formal): actual for formal, actual in zip(fn.graph.inputs, node.inputs) if actual is not None}
+    splice(node, fn.graph, vmap, env)
 
 
 @register_pass
