@@ -134,3 +134,14 @@ def splice(node: Node, body: Graph, inputs: dict[int, Value], attr_env: Any = No
             new.type = out.type
         replace_value(out, new)
     g.remove(node)
+
+
+def unfuse(model: Any) -> bool:
+    """Lower `ai.lepton` fused ops back to standard ONNX ops (for passes that work on standard
+    ops, e.g. quantization: QDQ wraps a Conv and its activation separately, and every int8
+    kernel re-fuses the activation into its requantization). Returns whether anything changed."""
+    if not any(n.domain == "ai.lepton" for n in model.graph.all_nodes()):
+        return False
+    from .base import get_pass
+
+    return get_pass("lower-fused-to-standard")().run(model)

@@ -57,6 +57,9 @@ class Quant8Dynamic(Pass):
         return (r, r)
 
     def run(self, model: Model) -> bool:
+        from ..util import unfuse
+
+        unfused = unfuse(model)  # after `fuse`: quantize standard ops (see util.unfuse)
         g = model.graph
         infer_types(model)
         if (model.opset("") or 13) < 13:
@@ -111,4 +114,4 @@ class Quant8Dynamic(Pass):
                 if not v.num_uses() and not v.is_graph_output() and v not in g.inputs:
                     g.remove_initializer(name)
             model.metadata_props["lepton.quant8-dynamic"] = f"per_channel={self.per_channel};qmax={self.weight_qmax}"
-        return changed
+        return changed or unfused

@@ -65,12 +65,15 @@ class Fp16(Pass):
                 or (n.name is not None and n.name in self.exclude_nodes))
 
     def run(self, model: Model) -> bool:
+        from ..util import unfuse
+
+        unfused = unfuse(model)  # after `fuse`: quantize standard ops (see util.unfuse)
         g = model.graph
         infer_types(model)
         nodes = list(g)
         if not any(v.dtype == DType.FLOAT for n in nodes for v in n.outputs) and \
                 not any(v.dtype == DType.FLOAT for v in g.inputs):
-            return False
+            return unfused
         f16: set[int] = set()  # values that end up float16
         # Graph inputs.
         for v in g.inputs:

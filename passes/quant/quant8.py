@@ -124,12 +124,15 @@ class Quant8(Pass):
         return qdq_tolerance(model, self.tolerance_k)
 
     def run(self, model: Model) -> bool:
+        from ..util import unfuse
+
+        unfused = unfuse(model)  # after `fuse`: quantize standard ops (see util.unfuse)
         g = model.graph
         infer_types(model)
         folded = _fold_batchnorms(model) if self.fold_batchnorm else 0
         entries, qnodes = self._plan(model)
         if not qnodes:
-            return folded > 0
+            return folded > 0 or unfused
         self._ensure_opset(model)
         # -- calibration ----------------------------------------------------------------------
         calib = self.calib or "random:8"
@@ -158,7 +161,7 @@ class Quant8(Pass):
         else:
             self._assign_qparams(entries, stats, signed)  # the last plan's parameters, whatever their SQNR
         if not qnodes:
-            return folded > 0
+            return folded > 0 or unfused
         # -- rewrite --------------------------------------------------------------------------
         for e in {id(e): e for e in entries.values()}.values():
             self._insert_qdq(model, e, qnodes)
