@@ -17,26 +17,59 @@ from lepton_ir import Attr, Model, Node, Value
 from ..base import Pass, register_pass
 from ..util import splice
 
-DEFAULT_OPS = ("DynamicQuantizeLinear", "MeanVarianceNormalization")
+# Ops ONNX defines by function bodies that TVM 0.27's importer has no converter for (checked
+# against relax.frontend.onnx's convert map); context-dependent bodies (the loss functions,
+# CenterCropPad, RotaryEmbedding) are instantiated for the node's input types.
+DEFAULT_OPS = ("DynamicQuantizeLinear", "MeanVarianceNormalization", "Celu", "Swish", "SwiGLU",
+               "BlackmanWindow", "HammingWindow", "HannWindow", "NegativeLogLikelihoodLoss",
+               "SoftmaxCrossEntropyLoss", "CenterCropPad", "RotaryEmbedding")
 
 
-def function_body(op_type: str, opset: int) -> onnx.FunctionProto | None:
-    """The schema's function body for `op_type` at `opset`, or None."""
+def function_body(op_type: str, opset: int, node: Node | None = None) -> onnx.FunctionProto | None:
+    """The schema's function body for `op_type` at `opset` (for context-dependent functions, built
+    for `node`'s attributes and input types), or None."""
     try:
         schema = onnx.defs.get_schema(op_type, opset)
     except Exception:  # unknown op or opset
         return None
-    if not schema.has_function:
+    raw = None
+    if schema.has_function:
+        try:
+            raw = schema.get_function_with_opset_version(opset)
+        except Exception:
+            raw = None
+        if not raw:
+            return schema.function_body
+    elif schema.has_context_dependent_function and node is not None:
+        raw = _context_dependent(schema, opset, node)
+    if not raw:
         return None
+    f = onnx.FunctionProto()
+    f.ParseFromString(raw)
+    return f
+
+
+def _context_dependent(schema, opset: int, node: Node) -> bytes | None:
+    from lepton_ir.onnx_io import _Exporter, _type_proto
+
+    if any(v is not None and v.type is None for v in node.inputs):
+        return None  # the body depends on input types we do not know
+    versions = [v for v in schema.context_dependent_function_opset_versions if v <= opset]
+    if not versions:
+        return None
+    p = onnx.NodeProto()
+    p.op_type = node.op_type
+    p.input.extend("" if v is None else f"i{k}" for k, v in enumerate(node.inputs))
+    # Declare every formal output: bodies define optional outputs (SoftmaxCrossEntropyLoss's
+    # log_prob) unconditionally, and an unused extra output costs nothing.
+    p.output.extend(f"o{k}" for k in range(max(len(node.outputs), len(schema.outputs))))
+    exp = _Exporter(defer=None)
+    p.attribute.extend(exp.attr(a, None) for a in node.attrs.values())  # type: ignore[arg-type]
+    types = [_type_proto(v.type).SerializeToString() for v in node.inputs if v is not None]
     try:
-        raw = schema.get_function_with_opset_version(opset)
+        return schema.get_context_dependent_function_with_opset_version(max(versions), p.SerializeToString(), types)
     except Exception:
-        raw = None
-    if raw:
-        f = onnx.FunctionProto()
-        f.ParseFromString(raw)
-        return f
-    return schema.function_body
+        return None
 
 
 def _schema_defaults(op_type: str, opset: int) -> dict[str, Attr]:
@@ -78,15 +111,26 @@ class ExpandFunctions(Pass):
     ops: tuple[str, ...] = field(default=DEFAULT_OPS, metadata={"help": "op types to expand"})
 
     def run(self, model: Model) -> bool:
+        from lepton_ir import LeptonError, infer_types
+
         opset = model.opset("") or 17
         changed = False
-        for g in list(model.graph.all_graphs()):
-            for n in g:
-                if n.domain != "" or n.op_type not in self.ops:
-                    continue
-                body = function_body(n.op_type, opset)
-                if body is None:
-                    continue
-                expand_node(n, body, opset)
-                changed = True
+        for _ in range(8):  # bodies may use other expandable ops (SoftmaxCrossEntropyLoss -> NLL)
+            progress = False
+            for g in list(model.graph.all_graphs()):
+                for n in g:
+                    if n.domain != "" or n.op_type not in self.ops:
+                        continue
+                    body = function_body(n.op_type, opset, n)
+                    if body is None:
+                        continue
+                    try:
+                        expand_node(n, body, opset)
+                    except LeptonError:
+                        continue  # a body this node's form does not fit (e.g. an output it omits)
+                    progress = True
+            if not progress:
+                break
+            changed = True
+            infer_types(model)  # context-dependent bodies of nested ops need their input types
         return changed
