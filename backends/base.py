@@ -139,7 +139,7 @@ _NAME_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 
 #: Modules holding built-in backends, imported on first registry access. backends/tvm adds itself
 #: here when ready (e.g. "lepton_backends.tvm").
-_BUILTIN_MODULES: list[str] = ["lepton_backends.onnx_backend", "lepton_backends.tvm"]
+_BUILTIN_MODULES: list[str] = ["lepton_backends.onnx_backend", "lepton_backends.tvm", "lepton_backends.tvm.arm", "lepton_backends.tvm.cuda"]
 
 
 def register_backend(cls: B | None = None, *, origin: str | None = None) -> Any:

@@ -112,6 +112,12 @@ def opt_parser() -> argparse.ArgumentParser:
     p.add_argument("--list-backends", action="store_true", help="list backends and exit")
     p.add_argument("--debug-rewrites", action="store_true",
                    help="log rewrite decisions, applied rules and near misses (logger 'lepton_passes') to stderr")
+    p.add_argument("--tune", metavar="TRIALS", type=int,
+                   help="tvm-cpu: MetaSchedule-tune kernels not yet in the tuning database with this many trials "
+                        "(0: only reuse the database); progress on stderr; Ctrl-C stops tuning and still builds")
+    p.add_argument("--tuning-db", metavar="PATH",
+                   help="tvm-cpu: tuning database folder (default ~/.cache/lepton/tuning/<target-hash>, shared by "
+                        "all models)")
     return p
 
 
@@ -202,6 +208,15 @@ def _opt(args: argparse.Namespace) -> int:
     except LeptonError as e:
         raise UsageError(str(e)) from None
     options = dict(_parse_option(o) for o in args.option)
+    if args.tune is not None or args.tuning_db is not None:
+        if args.tune is not None and args.tune < 0:
+            raise UsageError("--tune takes a non-negative number of trials")
+        if backend is None or "tune-trials" not in getattr(backend, "option_help", {}):
+            raise UsageError("--tune/--tuning-db need a backend that tunes (--backend tvm-cpu)")
+        if args.tune is not None:
+            options["tune-trials"] = args.tune
+        if args.tuning_db is not None:
+            options["tuning-db"] = args.tuning_db
     if backend is not None and args.output is None:
         raise UsageError(f"--backend {args.backend} needs -o OUT")
     if args.target and backend is None and not (args.output and not args.output.endswith(".onnx")):
@@ -261,6 +276,13 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance for --compare (default 1e-3)")
     p.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance for --compare (default 1e-4)")
     p.add_argument("--seed", type=int, default=0, help="seed for generated inputs (default 0)")
+    p.add_argument("--rpc", metavar="HOST:PORT", nargs="?", const="127.0.0.1:9090",
+                   help="run on a remote device through its TVM RPC server (e.g. `lepton-device emulate`; "
+                   "default 127.0.0.1:9090); --bench times on the device")
+    p.add_argument("--tracker", metavar="HOST:PORT", help="run on a device taken from this TVM RPC tracker (needs --key)")
+    p.add_argument("--key", metavar="KEY", help="device key to request from --tracker (e.g. aarch64)")
+    p.add_argument("--session-timeout", metavar="S", type=float, default=0,
+                   help="end the remote session after S seconds (default: no limit)")
     return p
 
 
@@ -319,7 +341,22 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.bench < 0 or args.warmup < 0:
         raise UsageError("--bench and --warmup take non-negative counts")
-    runner = lepton.load(args.artifact)
+    remote = bool(args.rpc or args.tracker)
+    if args.rpc and args.tracker:
+        raise UsageError("give --rpc or --tracker, not both")
+    if args.tracker and not args.key:
+        raise UsageError("--tracker needs --key (the device key the server registered with)")
+    if args.key and not args.tracker:
+        raise UsageError("--key is only used with --tracker")
+    if remote:
+        from lepton.remote import RemoteRunner
+
+        runner = RemoteRunner(args.artifact, rpc=args.rpc, tracker=args.tracker, key=args.key,
+                              session_timeout=args.session_timeout)
+        print(f"device: {runner.address} ({runner.target_triple or runner.library_arch}); "
+              f"connect {runner.connect_s:.2f} s, upload+load {runner.upload_s:.2f} s")
+    else:
+        runner = lepton.load(args.artifact)
     inputs = _load_npz(args.inputs) if args.inputs else _generate_inputs(runner.manifest, args.seed)
     outputs = runner.run(inputs)
     for name, arr in outputs.items():
@@ -329,7 +366,12 @@ def _run(args: argparse.Namespace) -> int:
         _save_npz(args.output, outputs)
         print(f"wrote {args.output}")
     median = None
-    if args.bench:
+    if args.bench and remote:
+        stats = runner.benchmark(inputs, repeat=args.bench, warmup=args.warmup)
+        median, p90 = stats["median_ms"], stats["p90_ms"]
+        print(f"artifact latency on the device (timed on the {stats['timed_on']}): median {median:.3f} ms, "
+              f"p90 {p90:.3f} ms ({args.bench} runs, {args.warmup} warm-up)")
+    elif args.bench:
         median, p90 = _bench(lambda: runner.run(inputs), args.bench, args.warmup)
         print(f"artifact latency: median {median:.3f} ms, p90 {p90:.3f} ms ({args.bench} runs, {args.warmup} warm-up)")
     if args.compare:
@@ -357,8 +399,12 @@ def _run(args: argparse.Namespace) -> int:
         print("compare with ONNX Runtime: " + ("; ".join(diffs) or "no numeric outputs"))
         if args.bench:
             rmed, rp90 = _bench(lambda: sess.run(None, feed), args.bench, args.warmup)
-            print(f"onnxruntime latency: median {rmed:.3f} ms, p90 {rp90:.3f} ms; "
-                  f"speedup {rmed / median:.2f}x" if median else "")
+            if remote:  # different machines (and maybe an emulated one): a ratio would mean nothing
+                print(f"onnxruntime latency on this host: median {rmed:.3f} ms, p90 {rp90:.3f} ms "
+                      "(not comparable with the device's)")
+            else:
+                print(f"onnxruntime latency: median {rmed:.3f} ms, p90 {rp90:.3f} ms; "
+                      f"speedup {rmed / median:.2f}x" if median else "")
         if bad is not None:
             k, max_abs, max_rel, why = bad
             name = list(outputs)[k] if 0 <= k < len(outputs) else "?"

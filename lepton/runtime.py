@@ -54,8 +54,17 @@ class OrtRunner:
     __call__ = run
 
 
-def load(artifact: str | os.PathLike) -> OrtRunner:
-    """Open an artifact folder written by a backend and return a runner for it."""
+def load(artifact: str | os.PathLike, *, rpc: str | None = None, tracker: str | None = None,
+         key: str | None = None) -> Any:
+    """Open an artifact folder written by a backend and return a runner for it.
+
+    With `rpc="HOST:PORT"` (or `tracker=` and `key=`), the artifact runs on a remote device over
+    TVM RPC (e.g. the emulated board of `lepton-device emulate`).
+    """
+    if rpc is not None or tracker is not None:
+        from .remote import load as remote_load
+
+        return remote_load(artifact, rpc=rpc, tracker=tracker, key=key)
     folder = Path(artifact)
     mf = folder / MANIFEST
     if not folder.is_dir() or not mf.is_file():

@@ -403,7 +403,8 @@ class TableRule:
     def apply(self, node: Node) -> None:
         g = node.graph
         assert g is not None
-        new = self.replacement(node)
+        with g.inserting_before(node):  # replacement nodes go where the node was, in order
+            new = self.replacement(node)
         old = node.outputs[0]
         if new.type is None:
             new.type = old.type

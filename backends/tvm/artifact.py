@@ -413,7 +413,8 @@ class Runner:
             for d, got in zip(spec.shape, a.shape):
                 if isinstance(d, str) and bound.setdefault(d, got) != got:
                     raise InputError(f"input {spec.name!r}: dim {d}={got} but another input has {d}={bound[d]}")
-            arrays.append(np.ascontiguousarray(a))
+            # np.ascontiguousarray would turn a 0-d input (e.g. silero's ``sr``) into shape [1].
+            arrays.append(a if a.flags.c_contiguous else np.array(a, order="C"))
         return arrays
 
     def _call(self, arrays: list[np.ndarray]) -> Any:

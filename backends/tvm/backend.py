@@ -36,7 +36,9 @@ class TvmCpuBackend(Backend):
     option_help = {
         "input-shapes": 'JSON {"input": [dims]} pinning symbolic dims (lets TVM specialise kernels)',
         "schedule": "auto (default: search-free CPU schedules) or none (naive TVM loops)",
-        "tuning-db": "folder of a MetaSchedule JSON database to take tuned kernels from",
+        "tuning-db": "folder of a MetaSchedule JSON database to take tuned kernels from (and to tune into); "
+                     "default with tune-trials: ~/.cache/lepton/tuning/<target-hash>",
+        "tune-trials": "MetaSchedule trials to spend on kernels not yet in the tuning database (0: only reuse it)",
         "cross-cc": "C compiler for cross targets (default aarch64-linux-gnu-gcc for aarch64 targets)",
     }
 
@@ -57,11 +59,13 @@ class TvmCpuBackend(Backend):
             raise BackendError(f"tvm-cpu: {e}") from None
         schedule = str(options.get("schedule", "auto"))
         database = None
-        if options.get("tuning-db"):
-            from .tune import open_database, tuning_target
+        tune_trials = _parse_trials(options.get("tune-trials"))
+        db_dir = None
+        if options.get("tuning-db") or tune_trials is not None:
+            from .tune import default_database_dir, tuning_target
 
-            database = open_database(options["tuning-db"])
             tgt = tuning_target(tgt)
+            db_dir = Path(str(options["tuning-db"])).expanduser() if options.get("tuning-db") else default_database_dir(tgt)
         export_cc = None
         triple = str(tgt.attrs.get("mtriple", "") or "") if tgt.kind.name == "llvm" else ""
         if triple and not triple.startswith(_host_arch()):
@@ -75,6 +79,8 @@ class TvmCpuBackend(Backend):
         try:
             mod = lower.to_relax(onnx_model, _parse_shapes(options.get("input-shapes")))
             inputs, outputs = io_specs(onnx_model, mod)
+            if db_dir is not None:
+                database = _tuned_database(mod, tgt, db_dir, tune_trials)
             ex = lower.build(mod, tgt, schedule=schedule, database=database)
         except BackendError:
             raise
@@ -96,6 +102,34 @@ class TvmCpuBackend(Backend):
         )
 
 
+def _parse_trials(value: Any) -> int | None:
+    """``tune-trials`` option: None when absent, else a non-negative int."""
+    if value is None or value == "" or value is False:
+        return None
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise BackendError(f"tvm-cpu: tune-trials must be a non-negative integer, not {value!r}") from None
+    if n < 0:
+        raise BackendError(f"tvm-cpu: tune-trials must be a non-negative integer, not {n}")
+    return n
+
+
+def _tuned_database(mod, tgt, db_dir: Path, trials: int | None):
+    """The database to build with: tune ``trials`` more candidates into ``db_dir`` first when
+    ``trials`` is given (progress on stderr; Ctrl-C keeps what was measured and builds anyway)."""
+    from .tune import open_database, stderr_log, tune
+
+    if trials is None:
+        return open_database(db_dir)
+    log = stderr_log("tvm-cpu")
+    res = tune(mod, tgt, trials, db_dir, trials_per_iter=max(1, min(16, trials or 16)), log=log)
+    log(f"tuning done: {res.trials} trials measured, {res.new_records} new records, "
+        f"{len(res.tasks_skipped)}/{res.tasks_total} kernels reused from the database, {res.seconds:.0f} s"
+        + (" (interrupted)" if res.interrupted else ""))
+    return res.database
+
+
 #: Lepton passes run on a copy of the model before TVM sees it: lower fused ops (if any) and the
 #: ops TVM's importer lacks (legalize), then clean up again (canonicalize), so TVM imports a graph
 #: of standard ops with constant shapes.
@@ -115,8 +149,19 @@ def prepare_for_tvm(model, input_shapes: dict[str, list[int]] | None = None):
     for name in PRE_LOWERING:
         if name in known:
             get_pass(name)().run(work)
+            # legalize-integer-ops can leave a rewritten ConvInteger's replacement after a user of
+            # its output (ddddocr-old); a stable topological sort repairs the order.
+            _sort_graphs(work.graph)
     work.verify()
     return work
+
+
+def _sort_graphs(graph) -> None:
+    """Topologically sort ``graph`` and its subgraphs (stable: a sorted graph is unchanged)."""
+    graph.sort()
+    for node in list(graph):
+        for sub in node.subgraphs():
+            _sort_graphs(sub)
 
 
 def _host_arch() -> str:

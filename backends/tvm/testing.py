@@ -139,6 +139,49 @@ def resnet18_like(batch: int = 1, size: int = 224, classes: int = 1000, seed: in
     )
 
 
+def mobilenetv2_like(batch: int = 1, size: int = 224, classes: int = 1000, seed: int = 0) -> onnx.ModelProto:
+    """MobileNetV2 topology (inverted residuals: 1x1 expand, 3x3 depthwise, 1x1 project; ReLU6 as
+    Clip; BN after every conv) with random weights."""
+    b = _Builder(seed)
+
+    def clip6(x: str) -> str:
+        lo = b.const(np.array(0.0, np.float32), "lo")
+        hi = b.const(np.array(6.0, np.float32), "hi")
+        return b.op("Clip", [x, lo, hi])
+
+    def dwconv(x: str, c: int, stride: int) -> str:
+        w = (b.rng.standard_normal((c, 1, 3, 3)) * np.sqrt(2.0 / 9)).astype(np.float32)
+        return b.op("Conv", [x, b.const(w)], kernel_shape=[3, 3], strides=[stride, stride], pads=[1, 1, 1, 1],
+                    group=c)
+
+    x = clip6(b.bn(b.conv("input", 3, 32, 3, stride=2, bias=False), 32))
+    cin = 32
+    # (expansion t, channels c, repeats n, first stride s), as in the paper
+    for t, c, n, s in [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
+                       (6, 160, 3, 2), (6, 320, 1, 1)]:
+        for i in range(n):
+            stride = s if i == 0 else 1
+            hidden = cin * t
+            y = x
+            if t != 1:
+                y = clip6(b.bn(b.conv(y, cin, hidden, 1, bias=False), hidden))
+            y = clip6(b.bn(dwconv(y, hidden, stride), hidden))
+            y = b.bn(b.conv(y, hidden, c, 1, bias=False), c)
+            x = b.op("Add", [x, y]) if stride == 1 and cin == c else y
+            cin = c
+    x = clip6(b.bn(b.conv(x, cin, 1280, 1, bias=False), 1280))
+    x = b.op("Flatten", [b.op("GlobalAveragePool", [x])])
+    w = b.const((b.rng.standard_normal((classes, 1280)) * 0.03).astype(np.float32))
+    bias = b.const(np.zeros(classes, np.float32), "b")
+    b.op("Gemm", [x, w, bias], transB=1)
+    b.nodes[-1].output[0] = "output"
+    return b.model(
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, 3, size, size])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [batch, classes])],
+        "mobilenetv2_like",
+    )
+
+
 def ort_run(model: onnx.ModelProto, inputs: dict[str, np.ndarray], threads: int = 2) -> dict[str, np.ndarray]:
     """Run ``model`` in ONNX Runtime (CPU) and return ``{output name: array}``."""
     import onnxruntime as ort

@@ -12,10 +12,16 @@ The database is keyed by each kernel's structural hash; the target only has to m
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import os
+import signal
+import sys
+import threading
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 
 @dataclasses.dataclass
@@ -28,6 +34,9 @@ class TuneResult:
     tasks_tuned: list[str]
     tasks_skipped: list[str]  # already in the database
     new_records: int  # measured candidates added to the database by this call
+    trials: int = 0  # candidates measured by this call (including failed builds/runs)
+    seconds: float = 0.0  # wall time of this call
+    interrupted: bool = False  # Ctrl-C stopped the search; the records so far were kept
 
 
 _BUILD_FUNC = "lepton.tvm.meta_schedule_build"
@@ -54,6 +63,38 @@ def _register_build_func() -> None:
     register_global_func(_BUILD_FUNC, build, override=True)
 
 
+@contextlib.contextmanager
+def _without_tensor_intrin_import(target: Any) -> Iterator[None]:
+    """Make ``import tvm.s_tir.tensor_intrin`` a no-op while MetaSchedule contexts are made.
+
+    ``TuneContext.__init__`` imports that package, which registers every tensor intrinsic of
+    every target (CUDA, ROCm, RISC-V vector lengths, ...) through TVMScript: 1-4 minutes on the
+    2-core machine before the first trial. The default CPU schedule rules for float kernels use
+    no intrinsic, so for x86/aarch64 LLVM targets without int8 dot-product features the import
+    is skipped (set ``LEPTON_TVM_TENSOR_INTRIN=1`` to keep it). Already imported: nothing to do.
+    """
+    import types
+
+    name = "tvm.s_tir.tensor_intrin"
+    keep = os.environ.get("LEPTON_TVM_TENSOR_INTRIN") == "1" or name in sys.modules
+    try:
+        attrs = " ".join(str(a) for a in target.attrs.get("mattr", []) or [])
+        keep = keep or target.kind.name != "llvm" or any(f in attrs for f in ("dotprod", "i8mm", "vnni", "amx"))
+    except Exception:
+        keep = True
+    if keep:
+        yield
+        return
+    stub = types.ModuleType(name)
+    stub.__doc__ = "placeholder installed by lepton_backends.tvm.tune (see _without_tensor_intrin_import)"
+    sys.modules[name] = stub
+    try:
+        yield
+    finally:
+        if sys.modules.get(name) is stub:
+            del sys.modules[name]
+
+
 def tuning_target(target: Any) -> "tvm.target.Target":  # noqa: F821
     """``target`` resolved, with ``num-cores`` set for CPU targets (MetaSchedule needs it)."""
     import tvm
@@ -70,12 +111,143 @@ def tuning_target(target: Any) -> "tvm.target.Target":  # noqa: F821
     return t
 
 
+def target_hash(target: Any) -> str:
+    """Short stable hash of the tuning target (kind, CPU/arch attributes, ``num-cores``)."""
+    t = tuning_target(target)
+    return hashlib.sha256(str(t).encode()).hexdigest()[:16]
+
+
+def default_database_dir(target: Any) -> Path:
+    """Default database folder for ``target``: ``$LEPTON_TUNING_DIR/<target-hash>``, else
+    ``$XDG_CACHE_HOME/lepton/tuning/<target-hash>`` (``~/.cache/lepton/tuning/<target-hash>``).
+
+    One folder per target, shared by every model: kernels already tuned for one model are reused
+    by the next.
+    """
+    root = os.environ.get("LEPTON_TUNING_DIR")
+    if root:
+        base = Path(root).expanduser()
+    else:
+        cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        base = Path(cache).expanduser() / "lepton" / "tuning"
+    return base / target_hash(target)
+
+
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def database_lock(database_dir: str | os.PathLike, *, exclusive: bool = True,
+                  log: Callable[[str], None] | None = None) -> Iterator[None]:
+    """``flock`` on ``database_dir/.lock``: exclusive while tuning (writes), shared while loading.
+
+    MetaSchedule's JSON database appends records that refer to workloads by their line number
+    in ``database_workload.json``, so two writers interleaving would corrupt it. A tuning call
+    therefore holds the exclusive lock from opening the database (so it sees every record a
+    previous writer committed) to its last write; a second compile waits, then finds the first
+    one's kernels already tuned.
+    """
+    import fcntl
+
+    d = Path(database_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    fd = os.open(d / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if log:
+                log(f"waiting for the tuning database lock ({d}): another compile is tuning")
+            fcntl.flock(fd, mode)
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
 def open_database(database_dir: str | os.PathLike) -> Any:
-    """Open (creating if needed) the JSON tuning database in ``database_dir``."""
+    """Open (creating if needed) the JSON tuning database in ``database_dir``.
+
+    Takes the shared lock while the files are read, so a concurrent tuner's half-written line
+    is never loaded.
+    """
+    with database_lock(database_dir, exclusive=False):
+        return _open_unlocked(database_dir)
+
+
+def _open_unlocked(database_dir: str | os.PathLike) -> Any:
     from tvm.s_tir import meta_schedule as ms
 
     Path(database_dir).mkdir(parents=True, exist_ok=True)
     return ms.database.JSONDatabase(work_dir=str(database_dir), module_equality="structural")
+
+
+def _fmt_s(sec: float) -> str:
+    sec = max(0, int(round(sec)))
+    h, rem = divmod(sec, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
+
+
+class _Interrupted(Exception):
+    """Raised from the measure callback to stop MetaSchedule after a Ctrl-C."""
+
+
+def _progress_callback(total: int, n_tasks: int, names: list[str], state: dict, log: Callable[[str], None] | None):
+    """A MetaSchedule measure callback: progress line with ETA; stops the search after Ctrl-C."""
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir import meta_schedule as ms
+
+    @derived_object
+    class _Progress(ms.measure_callback.PyMeasureCallback):
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+            state["trials"] += len(measure_candidates)
+            state["tasks_seen"].add(int(task_id))
+            done = state["trials"]
+            el = time.perf_counter() - state["t0"]
+            eta = el / done * max(total - done, 0) if done else 0.0
+            if log:
+                name = names[int(task_id)] if 0 <= int(task_id) < len(names) else str(task_id)
+                log(f"tuning: {done}/{total} trials, kernel {len(state['tasks_seen'])}/{n_tasks} ({name}), "
+                    f"{_fmt_s(el)} elapsed, ETA {_fmt_s(eta)}")
+            if state["interrupted"]:
+                raise _Interrupted()
+
+    return _Progress()
+
+
+@contextlib.contextmanager
+def _sigint_to_flag(state: dict, log: Callable[[str], None] | None) -> Iterator[None]:
+    """First Ctrl-C sets ``state['interrupted']`` (tuning stops after the current batch and the
+    model is still built); a second one aborts (KeyboardInterrupt)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.getsignal(signal.SIGINT)
+
+    def handler(signum, frame):
+        state["interrupted"] = True
+        signal.signal(signal.SIGINT, old if callable(old) else signal.default_int_handler)
+        if log:
+            log("interrupted: stopping after the current batch and building with the best kernels so far "
+                "(Ctrl-C again to abort)")
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+def stderr_log(prefix: str = "tvm-cpu") -> Callable[[str], None]:
+    """A ``log`` function printing ``prefix: message`` lines to stderr."""
+
+    def log(msg: str) -> None:
+        print(f"{prefix}: {msg}", file=sys.stderr, flush=True)
+
+    return log
 
 
 def fused_module(mod: Any, target: Any) -> Any:
@@ -96,12 +268,13 @@ def tune(
     mod: Any,
     target: Any,
     trials: int,
-    database_dir: str | os.PathLike,
+    database_dir: str | os.PathLike | None = None,
     *,
     trials_per_task: int | None = None,
     trials_per_iter: int = 16,
     only: list[str] | None = None,
     seed: int | None = 0,
+    log: Callable[[str], None] | None = None,
 ) -> TuneResult:
     """Tune the kernels of ``mod`` for ``target`` with MetaSchedule, persisting to ``database_dir``.
 
@@ -110,53 +283,88 @@ def tune(
         target: target (preset name, JSON, dict or ``tvm.target.Target``).
         trials: total measurement budget over all kernels still to tune.
         database_dir: JSON database folder (``database_workload.json``,
-            ``database_tuning_record.json``); reused across calls and models.
+            ``database_tuning_record.json``); reused across calls and models. Default:
+            :func:`default_database_dir`.
         trials_per_task: cap per kernel (default: ``trials`` split evenly, at least one iteration).
         trials_per_iter: candidates measured per search iteration.
         only: optional substrings; tune only kernels whose name contains one (e.g. ``["conv2d"]``).
         seed: search seed, for reproducibility.
+        log: called with one-line progress messages (e.g. :func:`stderr_log`); ``None``: quiet.
+
+    The exclusive database lock is held for the whole call (see :func:`database_lock`). A Ctrl-C
+    (in the main thread) stops the search after the current batch: the records measured so far
+    are already in the database and the result has ``interrupted=True``; a second Ctrl-C aborts.
 
     Returns:
         :class:`TuneResult`; build with ``lower.build(mod, result.target, database=result.database)``.
     """
     from tvm.s_tir import meta_schedule as ms
 
+    t_start = time.perf_counter()
     tgt = tuning_target(target)
-    db = open_database(database_dir)
+    database_dir = Path(database_dir) if database_dir is not None else default_database_dir(tgt)
     fused = fused_module(mod, tgt)
     tasks = ms.relax_integration.extract_tasks(fused, tgt)
     if only:
         tasks = [t for t in tasks if any(s in t.task_name for s in only)]
-    todo, skipped = [], []
-    for t in tasks:
-        # A workload is "known" when it has a measured record; a workload committed by an
-        # interrupted run without records is tuned again.
-        if db.has_workload(t.dispatched[0]) and db.query_tuning_record(t.dispatched[0], tgt, t.task_name) is not None:
-            skipped.append(t.task_name)
-        else:
-            todo.append(t)
-    before = len(db)
-    if todo and trials > 0:
-        per_task = trials_per_task or max(trials_per_iter, trials // len(todo))
-        contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-            todo, work_dir=str(database_dir), seed=seed
-        )
-        workers = max(1, min(2, os.cpu_count() or 1))
-        builder = ms.builder.LocalBuilder(
-            f_build=_BUILD_FUNC, initializer=_register_build_func, max_workers=workers, timeout_sec=60
-        )
-        runner = ms.runner.LocalRunner(timeout_sec=60)
-        ms.tune_tasks(
-            builder=builder,
-            runner=runner,
-            tasks=contexts,
-            task_weights=weights,
-            work_dir=str(database_dir),
-            max_trials_global=trials,
-            max_trials_per_task=per_task,
-            num_trials_per_iter=trials_per_iter,
-            database=db,
-        )
+    state = {"trials": 0, "tasks_seen": set(), "interrupted": False, "t0": time.perf_counter()}
+    with database_lock(database_dir, exclusive=True, log=log):
+        db = _open_unlocked(database_dir)
+        todo, skipped = [], []
+        for t in tasks:
+            # A workload is "known" when it has a measured record; a workload committed by an
+            # interrupted run without records is tuned again.
+            if db.has_workload(t.dispatched[0]) and db.query_tuning_record(t.dispatched[0], tgt, t.task_name) is not None:
+                skipped.append(t.task_name)
+            else:
+                todo.append(t)
+        before = len(db)
+        if log:
+            log(f"tuning database {database_dir}: {len(tasks)} kernels, {len(skipped)} already tuned, "
+                f"{len(todo) if trials > 0 else 0} to tune")
+        if todo and trials > 0:
+            # Every kernel still to tune gets its share of the budget (at least one measurement),
+            # so a finished run leaves none of them unmeasured and the next compile with the same
+            # database measures nothing new.
+            per_task = trials_per_task or max(1, trials // len(todo))
+            trials_per_iter = max(1, min(trials_per_iter, per_task))
+            trials = max(trials, len(todo)) if not trials_per_task else trials
+            total = min(trials, per_task * len(todo))
+            with _sigint_to_flag(state, log), _without_tensor_intrin_import(tgt):
+                if log:
+                    log(f"tuning: preparing MetaSchedule for {len(todo)} kernels, {total} trials")
+                contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
+                    todo, work_dir=str(database_dir), seed=seed
+                )
+                workers = max(1, min(2, os.cpu_count() or 1))
+                builder = ms.builder.LocalBuilder(
+                    f_build=_BUILD_FUNC, initializer=_register_build_func, max_workers=workers, timeout_sec=60
+                )
+                runner = ms.runner.LocalRunner(timeout_sec=60)
+                callbacks = list(ms.measure_callback.MeasureCallback.create("default"))
+                callbacks.append(_progress_callback(total, len(todo), [t.task_name for t in todo], state, log))
+                state["t0"] = time.perf_counter()
+                try:
+                    if not state["interrupted"]:
+                        ms.tune_tasks(
+                            builder=builder,
+                            runner=runner,
+                            tasks=contexts,
+                            task_weights=weights,
+                            work_dir=str(database_dir),
+                            max_trials_global=trials,
+                            max_trials_per_task=per_task,
+                            num_trials_per_iter=trials_per_iter,
+                            database=db,
+                            measure_callbacks=callbacks,
+                        )
+                except BaseException:
+                    # After a Ctrl-C the error may come back wrapped by TVM's FFI (or from a worker
+                    # that saw the signal too): the records so far are in the database either way.
+                    if not state["interrupted"]:
+                        raise
+            # Re-open so the returned database holds exactly what is on disk.
+            db = _open_unlocked(database_dir)
     return TuneResult(
         database=db,
         target=tgt,
@@ -164,4 +372,7 @@ def tune(
         tasks_tuned=[t.task_name for t in todo] if trials > 0 else [],
         tasks_skipped=skipped,
         new_records=len(db) - before,
+        trials=state["trials"],
+        seconds=time.perf_counter() - t_start,
+        interrupted=state["interrupted"],
     )

@@ -1,0 +1,182 @@
+"""tvm-cpu latency against ONNX Runtime, untuned and tuned, in the same run.
+
+Models: a ResNet-18-like and a MobileNetV2-like convnet (onnx.helper, random weights,
+1x3x224x224) and minilm-l3 (real model, realistic inputs). Both runtimes use 2 threads
+(TVM_NUM_THREADS=2, ORT intra_op_num_threads=2); latency is the median of ``--repeat`` runs,
+measured alternately (ORT, TVM untuned, TVM tuned) in rounds so that load changes on a shared
+machine hit all of them alike.
+
+Per model:
+  (a) untuned: TVM/ORT latency ratio (goal: within 2x);
+  (b) tuned with ``--trials`` MetaSchedule trials (goal: <= 1.0);
+  (c) time to tune (+ compile), and time of a second compile reusing the database (goal: < 60 s,
+      zero new trials).
+
+    python bench/tvm_speed.py [--trials 64] [--models resnet18-like,mobilenetv2-like,minilm-l3]
+
+Writes bench/results/tvm_speed.json (``--json``) and prints a table.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TVM_NUM_THREADS", "2")  # before TVM's runtime starts its thread pool
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+
+THREADS = 2
+MODELS = ("resnet18-like", "mobilenetv2-like", "minilm-l3")
+
+
+def model_and_inputs(name: str, tmp: Path) -> tuple[Path, dict[str, np.ndarray]]:
+    from lepton_backends.tvm import testing
+
+    if name in ("resnet18-like", "mobilenetv2-like"):
+        m = testing.resnet18_like() if name == "resnet18-like" else testing.mobilenetv2_like()
+        path = tmp / f"{name}.onnx"
+        onnx.save(m, str(path))
+        x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+        return path, {"input": x}
+    from lepton_ir.testing import corpus
+
+    return corpus.real_model_path(name), corpus.realistic_inputs(name)
+
+
+def ort_session(path: Path):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.intra_op_num_threads = THREADS
+    so.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def records(db: Path) -> int:
+    f = db / "database_tuning_record.json"
+    return sum(1 for ln in f.read_text().splitlines() if ln.strip()) if f.is_file() else 0
+
+
+def compile_tvm(path: Path, inputs, out: Path, **options) -> float:
+    import lepton
+
+    shapes = {k: list(v.shape) for k, v in inputs.items()}
+    t0 = time.perf_counter()
+    lepton.optimize(str(path), passes="canonicalize", backend="tvm-cpu", output=str(out), input_shapes=shapes,
+                    **options)
+    return time.perf_counter() - t0
+
+
+def timed_rounds(fns: dict, inputs, repeat: int, warmup: int = 3) -> dict[str, float]:
+    """Median ms per callable, measured interleaved (one call of each per round)."""
+    for f in fns.values():
+        for _ in range(warmup):
+            f()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeat):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append((time.perf_counter() - t0) * 1e3)
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def bench_model(name: str, trials: int, db: Path, tmp: Path, repeat: int) -> dict:
+    import lepton
+
+    path, inputs = model_and_inputs(name, tmp)
+    row: dict = {"model": name, "trials_budget": trials}
+    print(f"[tvm_speed] {name}: untuned compile...", file=sys.stderr, flush=True)
+    row["untuned_compile_s"] = compile_tvm(path, inputs, tmp / f"{name}-untuned")
+    r0 = records(db)
+    print(f"[tvm_speed] {name}: tuning with {trials} trials into {db}...", file=sys.stderr, flush=True)
+    row["tune_and_compile_s"] = compile_tvm(path, inputs, tmp / f"{name}-tuned", tune_trials=trials,
+                                            tuning_db=str(db))
+    row["new_records_first"] = records(db) - r0
+    r1 = records(db)
+    print(f"[tvm_speed] {name}: second compile with the same database...", file=sys.stderr, flush=True)
+    row["second_compile_s"] = compile_tvm(path, inputs, tmp / f"{name}-tuned2", tune_trials=trials,
+                                          tuning_db=str(db))
+    row["new_records_second"] = records(db) - r1
+
+    sess = ort_session(path)
+    untuned = lepton.load(str(tmp / f"{name}-untuned"))
+    tuned = lepton.load(str(tmp / f"{name}-tuned2"))
+    ref = sess.run(None, inputs)
+    for label, r in (("untuned", untuned), ("tuned", tuned)):
+        got = list(r.run(inputs).values())
+        row[f"{label}_max_abs_err"] = max(float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+                                          for a, b in zip(ref, got))
+    med = timed_rounds({"ort": lambda: sess.run(None, inputs), "untuned": lambda: untuned.run(inputs),
+                        "tuned": lambda: tuned.run(inputs)}, inputs, repeat)
+    row.update(ort_ms=med["ort"], untuned_ms=med["untuned"], tuned_ms=med["tuned"],
+               untuned_ratio=med["untuned"] / med["ort"], tuned_ratio=med["tuned"] / med["ort"])
+    return row
+
+
+def print_table(rows: list[dict]) -> None:
+    print(f"{'model':<18} {'ORT ms':>8} {'untuned ms':>11} {'ratio':>6} {'tuned ms':>9} {'ratio':>6} "
+          f"{'trials':>6} {'tune+compile s':>14} {'2nd compile s':>13} {'new trials 2nd':>14}")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['model']:<18} error: {r['error']}")
+            continue
+        print(f"{r['model']:<18} {r['ort_ms']:>8.2f} {r['untuned_ms']:>11.2f} {r['untuned_ratio']:>6.2f} "
+              f"{r['tuned_ms']:>9.2f} {r['tuned_ratio']:>6.2f} {r['trials_budget']:>6} "
+              f"{r['tune_and_compile_s']:>14.1f} {r['second_compile_s']:>13.1f} {r['new_records_second']:>14}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trials", type=int, default=64, help="MetaSchedule trials per model (default 64)")
+    ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {','.join(MODELS)}")
+    ap.add_argument("--repeat", type=int, default=20, help="timed runs per variant (default 20)")
+    ap.add_argument("--tuning-db", metavar="DIR", help="database folder (default: a fresh temporary one, so "
+                    "the trial budget is really spent)")
+    ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "tvm_speed.json"))
+    args = ap.parse_args(argv)
+    names = [n for n in args.models.split(",") if n]
+    rows = []
+    t_all = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="lepton-tvm-speed-") as tmp_s:
+        tmp = Path(tmp_s)
+        db = Path(args.tuning_db) if args.tuning_db else tmp / "tuning-db"
+        for n in names:
+            try:
+                rows.append(bench_model(n, args.trials, db, tmp, args.repeat))
+            except Exception as e:  # keep the other models' figures
+                rows.append({"model": n, "error": " ".join(str(e).split())[:300]})
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+            _write(args, rows, t_all, final=False)  # partial results survive an interrupted run
+    print_table(rows)
+    _write(args, rows, t_all, final=True)
+    print(f"wrote {args.json}")
+    return 0
+
+
+def _write(args, rows: list[dict], t_all: float, final: bool) -> None:
+    out = {
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
+                    "loadavg_end": os.getloadavg(), "threads": THREADS},
+        "trials_per_model": args.trials,
+        "repeat": args.repeat,
+        "total_s": time.perf_counter() - t_all,
+        "complete": final,
+        "rows": rows,
+    }
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

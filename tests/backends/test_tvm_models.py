@@ -1,0 +1,158 @@
+"""Real models through the tvm-cpu backend: compile with ``lepton.optimize``, run the artifact with
+``lepton.load``, compare with ONNX Runtime on the original model (rtol 1e-3, atol 1e-4).
+
+The default run keeps to the smallest models (the whole file well under two minutes on 2 cores);
+the larger ones are ``@pytest.mark.slow`` (``pytest -m slow``). ``bench/tvm_models.py`` is the
+full sweep with a table. Models not fetched (``python -m lepton_ir.testing.corpus fetch``) skip.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+pytest.importorskip("tvm")
+
+import lepton  # noqa: E402
+from lepton_ir.testing import corpus  # noqa: E402
+
+RTOL, ATOL = 1e-3, 1e-4
+
+# Compile times on the shared 2-core machine (load 10): digits 4 s, magika 14 s, ppocr-cls 145 s,
+# silero-vad-ifless 64-134 s, ppocr-rec 117 s, minilm-l3 27 s; ppocr-det longer.
+FAST = ["magika", "minilm-l3"]
+SLOW = ["ppocr-cls", "silero-vad-ifless", "ppocr-rec", "ppocr-det"]
+
+
+def _ort(path, inputs):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.intra_op_num_threads = 2
+    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return sess.run(None, inputs)
+
+
+def _compile_and_compare(path, inputs, out):
+    shapes = {k: list(v.shape) for k, v in inputs.items()}
+    lepton.optimize(str(path), passes="canonicalize", backend="tvm-cpu", output=str(out), input_shapes=shapes)
+    runner = lepton.load(str(out))
+    assert runner.manifest["backend"] == "tvm-cpu"
+    got = list(runner.run(inputs).values())
+    ref = _ort(path, inputs)
+    assert len(got) == len(ref)
+    for k, (a, b) in enumerate(zip(ref, got)):
+        a, b = np.asarray(a), np.asarray(b)
+        assert a.shape == b.shape, f"output {k}: {b.shape} != {a.shape}"
+        np.testing.assert_allclose(b.astype(np.float64), a.astype(np.float64), rtol=RTOL, atol=ATOL,
+                                   err_msg=f"output {k}")
+
+
+def _need_slow(request):
+    # The project's default run does not deselect `slow` (no addopts); skip unless asked for.
+    if "slow" not in (request.config.getoption("-m") or ""):
+        pytest.skip("slow: run with -m slow")
+
+
+def _real(name):
+    try:
+        return corpus.real_model_path(name)
+    except corpus.ModelNotFetchedError as e:
+        pytest.skip(str(e))
+
+
+def test_digits_cnn(tmp_path):
+    path = corpus.digits_model_path()
+    x, _ = corpus.digits_dataset("test")
+    m = onnx.load(str(path), load_external_data=False)
+    name = [i.name for i in m.graph.input if i.name not in {t.name for t in m.graph.initializer}][0]
+    _compile_and_compare(path, {name: np.ascontiguousarray(x[:8], dtype=np.float32)}, tmp_path / "digits")
+
+
+@pytest.mark.parametrize("name", FAST)
+def test_real_model(name, tmp_path):
+    path = _real(name)
+    _compile_and_compare(path, corpus.realistic_inputs(name), tmp_path / name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", SLOW)
+def test_real_model_slow(name, tmp_path, request):
+    _need_slow(request)
+    path = _real(name)
+    _compile_and_compare(path, corpus.realistic_inputs(name), tmp_path / name)
+
+
+# ---------------------------------------------------------------------------------------------
+# lepton-opt --tune / --tuning-db
+
+
+def test_tune_flags_need_tvm_backend(tmp_path, capsys):
+    from lepton.cli import opt_main
+    from lepton_backends.tvm import testing
+
+    src = tmp_path / "m.onnx"
+    onnx.save(testing.conv_relu_pool_gemm(), str(src))
+    assert opt_main([str(src), "-o", str(tmp_path / "o.onnx"), "--tune", "4"]) == 2
+    assert "--tune" in capsys.readouterr().err
+    assert opt_main([str(src), "--backend", "tvm-cpu", "-o", str(tmp_path / "a"), "--tune", "-1"]) == 2
+
+
+def test_default_tuning_db_per_target(tmp_path, monkeypatch):
+    from lepton_backends.tvm import tune
+
+    monkeypatch.delenv("LEPTON_TUNING_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    a = tune.default_database_dir("x86-64-avx2")
+    assert a.parent == tmp_path / "lepton" / "tuning"
+    assert a == tune.default_database_dir("x86-64-avx2") != tune.default_database_dir("x86-64-avx512")
+
+
+def test_tuning_db_lock_excludes_writers(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from lepton_backends.tvm import tune
+
+    code = ("import sys,time; from lepton_backends.tvm.tune import database_lock\n"
+            "with database_lock(sys.argv[1]):\n    print('in', flush=True); time.sleep(1.5)\n")
+    p = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "in"
+    waited = []
+    t0 = time.perf_counter()
+    with tune.database_lock(tmp_path, log=waited.append):
+        dt = time.perf_counter() - t0
+    p.wait()
+    assert waited and dt > 0.5  # the second writer waited for the first
+
+
+@pytest.mark.slow
+def test_cli_tune_then_reuse(tmp_path, capfd, request):
+    """A tiny model tuned with a few trials; a second compile with the same database measures
+    nothing new and still matches ONNX Runtime."""
+    _need_slow(request)
+    from lepton.cli import opt_main
+    from lepton_backends.tvm import testing
+
+    model = testing.conv_relu_pool_gemm()
+    src = tmp_path / "m.onnx"
+    onnx.save(model, str(src))
+    db = tmp_path / "db"
+    assert opt_main([str(src), "--backend", "tvm-cpu", "-o", str(tmp_path / "a1"), "--tune", "8",
+                     "--tuning-db", str(db)]) == 0
+    err = capfd.readouterr().err
+    assert "tuning: " in err and "ETA" in err
+    recs = (db / "database_tuning_record.json").read_text().splitlines()
+    assert recs
+    assert opt_main([str(src), "--backend", "tvm-cpu", "-o", str(tmp_path / "a2"), "--tune", "8",
+                     "--tuning-db", str(db)]) == 0
+    err = capfd.readouterr().err
+    assert "0 trials measured, 0 new records" in err
+    assert (db / "database_tuning_record.json").read_text().splitlines() == recs
+    x = np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    got = list(lepton.load(str(tmp_path / "a2")).run({"x": x}).values())[0]
+    ref = testing.ort_run(model, {"x": x})
+    np.testing.assert_allclose(got, list(ref.values())[0], rtol=RTOL, atol=ATOL)
