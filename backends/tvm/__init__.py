@@ -83,9 +83,15 @@ def io_specs(model, mod) -> tuple[list[TensorSpec], list[TensorSpec]]:
     if len(params) != len(in_names):
         raise ValueError(f"Relax main takes {len(params)} inputs, the ONNX graph has {len(in_names)}")
 
-    def spec(name: str, sinfo: Any) -> TensorSpec:
-        if not isinstance(sinfo, relax.TensorType) or sinfo.shape is None:
+    def spec(name: str, sinfo: Any, output: bool = False) -> TensorSpec:
+        if not isinstance(sinfo, relax.TensorType):
             raise ValueError(f"{name!r}: only tensor inputs/outputs are supported, got {sinfo}")
+        if sinfo.shape is None:
+            # Outputs whose shape depends on input values (Slice/Unsqueeze with runtime operands)
+            # have a known rank only; record unknown dims. Inputs always carry a shape.
+            if not output or sinfo.ndim < 0:
+                raise ValueError(f"{name!r}: only tensors of known rank are supported, got {sinfo}")
+            return TensorSpec(name, str(sinfo.dtype), tuple("?" for _ in range(sinfo.ndim)))
         dims: list[int | str] = []
         for d in sinfo.shape.values:
             dims.append(int(d) if hasattr(d, "value") else str(d))
@@ -97,7 +103,7 @@ def io_specs(model, mod) -> tuple[list[TensorSpec], list[TensorSpec]]:
     out_names = [o.name for o in model.graph.output]
     if len(rets) != len(out_names):
         raise ValueError(f"Relax main returns {len(rets)} values, the ONNX graph has {len(out_names)} outputs")
-    outputs = [spec(n, s) for n, s in zip(out_names, rets)]
+    outputs = [spec(n, s, output=True) for n, s in zip(out_names, rets)]
     return inputs, outputs
 
 

@@ -101,6 +101,20 @@ def expand_node(node: Node, body: onnx.FunctionProto, opset: int | None = None) 
     splice(node, fn.graph, vmap, env)
 
 
+def _layernorm_needs_body(n: Node) -> bool:
+    """TVM's LayerNormalization covers the usual case (normalise the last axis, one output); the
+    Mean/InvStdDev outputs and other axes need the spec's body."""
+    extra = any(o.num_uses() or o.is_graph_output() for o in n.outputs[1:])
+    x = n.inputs[0]
+    rank = len(x.shape) if x is not None and x.shape is not None else None
+    axis = n.attr("axis", -1)
+    return extra or rank is None or axis not in (-1, rank - 1)
+
+
+#: Ops expanded only in the cases their predicate names (otherwise the backend's own op is better).
+CONDITIONAL = {"LayerNormalization": _layernorm_needs_body}
+
+
 @register_pass
 @dataclass(frozen=True)
 class ExpandFunctions(Pass):
@@ -119,7 +133,9 @@ class ExpandFunctions(Pass):
             progress = False
             for g in list(model.graph.all_graphs()):
                 for n in g:
-                    if n.domain != "" or n.op_type not in self.ops:
+                    if n.domain != "":
+                        continue
+                    if n.op_type not in self.ops and not (n.op_type in CONDITIONAL and CONDITIONAL[n.op_type](n)):
                         continue
                     body = function_body(n.op_type, opset, n)
                     if body is None:
