@@ -20,7 +20,7 @@ from lepton_passes.legalize.expand_functions import DEFAULT_OPS
 LEGALIZED = ("LSTM", "GRU", "RNN", "ConvInteger", "MatMulInteger", *DEFAULT_OPS)
 PATTERN = re.compile(r"test_(lstm|gru|rnn|simple_rnn|convinteger|matmulinteger|dynamicquantizelinear|mvn|"
                      r"nllloss|sce_|center_crop_pad|rotary_embedding|celu|blackmanwindow|hammingwindow|"
-                     r"hannwindow|swish|swiglu|layer_normalization)")
+                     r"hannwindow|swish|swiglu|layer_normalization|attention_)")
 # Cases the legalizer must leave alone, with the reason it gives.
 LEFT_ALONE = {"test_lstm_with_peepholes": "sequence_lens is a graph input"}
 
