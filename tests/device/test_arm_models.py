@@ -23,33 +23,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from devicetest import TEST_PORT, free_port as _free_port, require_host_packages as _require_host_packages
 from lepton import device
 
 pytestmark = pytest.mark.arm
 
 RTOL, ATOL = 1e-3, 1e-4
-TEST_PORT = int(os.environ.get("LEPTON_DEVICE_TEST_PORT", "9094"))
 TRACKER_KEY = "lepton-aarch64-models"
-
-
-def _require_host_packages() -> None:
-    # Fail (not skip), as in test_emulator.py: deselect with `-m "not arm"` on machines without qemu.
-    missing = device.missing_host_packages(for_build=not device.image_is_current(device.cache_dir()))
-    if missing:
-        pytest.fail(f"missing host packages {missing}: run `lepton-device install-host-deps`")
-
-
-@pytest.fixture(scope="session")
-def emulator() -> tuple[str, int]:
-    _require_host_packages()
-    with device.EmulatorLease(port=TEST_PORT) as address:
-        yield address
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -22,35 +22,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from devicetest import TEST_PORT, free_port as _free_port, require_host_packages as _require_host_packages
 from lepton import device
 
 pytestmark = pytest.mark.arm
 
 RTOL, ATOL = 1e-3, 1e-4
-TEST_PORT = int(os.environ.get("LEPTON_DEVICE_TEST_PORT", "9094"))
 TRACKER_KEY = "lepton-aarch64-test"
-
-
-def _require_host_packages() -> None:
-    # Fail (not skip): these tests are meant to run in CI, and a silent skip would hide a CI machine
-    # that lost its qemu. Deselect with `-m "not arm"` on machines without the host packages.
-    missing = device.missing_host_packages(for_build=not device.image_is_current(device.cache_dir()))
-    if missing:
-        pytest.fail(f"missing host packages {missing}: run `lepton-device install-host-deps`")
-
-
-@pytest.fixture(scope="session")
-def emulator() -> tuple[str, int]:
-    """The shared emulated device: built on first use, stopped after the last xdist worker is done."""
-    _require_host_packages()
-    with device.EmulatorLease(port=TEST_PORT) as address:
-        yield address
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ------------------------------------------------------------------------------------------------
