@@ -392,3 +392,27 @@ graph g(%n: i64[4]) -> (%y) {
   return %y
 }""", "simplify-shapes", {"n": np.array([2, 5, 1, 1], np.int64)})
     assert changed and ops(m) == ["Split", "Gather", "Squeeze", "Range"]
+
+
+# -- bind-inputs ----------------------------------------------------------------------------------------
+def test_bind_inputs_makes_a_constant_and_folds_the_branch():
+    m = parse(IF_BODY.format(cond="true").replace("graph g(%x: f32[3])", "graph g(%x: f32[3], %c: bool[])")
+              .replace("  %c = const bool[] [true]\n", ""))
+    assert get_pass("bind-inputs")(values=("c=0",)).run(m)
+    get_pass("canonicalize")().run(m)
+    m.verify()
+    assert [v.name for v in m.graph.inputs] == ["x"] and ops(m) == ["Sub"]
+    x = {"x": np.array([1, 2, 3], np.float32)}
+    np.testing.assert_array_equal(ort_run(m, x)[0], x["x"] - 1)
+
+
+@pytest.mark.parametrize("binding,msg", [("nope=1", "no input 'nope'"), ("x", "NAME=VALUE"),
+                                         ("x=a", "not a number"), ("x=1:2", "shape")])
+def test_bind_inputs_errors(binding, msg):
+    m = parse("""
+graph g(%x: f32[3]) -> (%y) {
+  %y = Relu(%x)
+  return %y
+}""")
+    with pytest.raises(lepton_ir.LeptonError, match=msg):
+        get_pass("bind-inputs")(values=(binding,)).run(m)
