@@ -17,7 +17,7 @@ from typing import Any
 
 from lepton_backends.base import BackendError, register_backend
 
-from .backend import TvmCpuBackend
+from .backend import TvmCpuBackend, target_dict_for
 
 DEFAULT_TARGET = "cortex-a72"
 
@@ -30,13 +30,8 @@ class TvmArmBackend(TvmCpuBackend):
 
     def build(self, model, staging: Path, *, target: str | None, options: dict[str, Any],
               pipeline_text: str, source_sha256: str | None) -> None:
-        from .targets import target_dict
-
         spec = target or DEFAULT_TARGET
-        try:
-            d = target_dict(spec)
-        except (ValueError, TypeError) as e:
-            raise BackendError(f"tvm-arm: {e}") from None
+        d = target_dict_for("tvm-arm", spec)
         triple = str(d.get("mtriple") or "")
         if d.get("kind") != "llvm" or not triple.startswith("aarch64"):
             raise BackendError(f"tvm-arm: target {spec!r} is not an aarch64 target; use one of cortex-a53, "

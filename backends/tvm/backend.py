@@ -164,6 +164,16 @@ def _sort_graphs(graph) -> None:
             _sort_graphs(sub)
 
 
+def target_dict_for(backend: str, spec: str):
+    """`targets.target_dict(spec)`, with a bad spec reported as this backend's one-line error."""
+    from .targets import target_dict
+
+    try:
+        return target_dict(spec)
+    except (ValueError, TypeError) as e:
+        raise BackendError(f"{backend}: {e}") from None
+
+
 def _host_arch() -> str:
     import platform
 

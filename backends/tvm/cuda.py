@@ -30,7 +30,7 @@ from typing import Any, Iterator
 
 from lepton_backends.base import BackendError, register_backend
 
-from .backend import TvmCpuBackend
+from .backend import TvmCpuBackend, target_dict_for
 
 DEFAULT_TARGET = "sm_80"
 FATBIN_MAGIC = b"\x50\xed\x55\xba"  # 0xBA55ED50, little-endian: the fatbin container header
@@ -115,13 +115,8 @@ class TvmCudaBackend(TvmCpuBackend):
 
     def build(self, model, staging: Path, *, target: str | None, options: dict[str, Any],
               pipeline_text: str, source_sha256: str | None) -> None:
-        from .targets import target_dict
-
         spec = target or DEFAULT_TARGET
-        try:
-            d = target_dict(spec)
-        except (ValueError, TypeError) as e:
-            raise BackendError(f"tvm-cuda: {e}") from None
+        d = target_dict_for("tvm-cuda", spec)
         if d.get("kind") != "cuda" or not str(d.get("arch", "")).startswith("sm_"):
             raise BackendError(f"tvm-cuda: target {spec!r} is not a CUDA target with an arch; use one of "
                                "sm_75, sm_80, sm_86, sm_89, sm_90")

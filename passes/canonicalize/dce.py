@@ -41,15 +41,20 @@ class DeadCodeElimination(Pass):
         changed = _dce_graph(model.graph)
         for f in model.functions.values():
             changed |= _dce_graph(f.graph)
-        # Functions called from nowhere (neither the graph nor another function) are dead too.
-        while True:
-            called = {(n.domain, n.op_type, n.overload) for n in model.graph.all_nodes()}
-            for f in model.functions.values():
-                called |= {(n.domain, n.op_type, n.overload) for n in f.graph.all_nodes()}
-            dead = [k for k in model.functions if k not in called]
-            if not dead:
-                break
-            for k in dead:
-                del model.functions[k]
-            changed = True
-        return changed
+        return drop_uncalled_functions(model) or changed
+
+
+def drop_uncalled_functions(model: Model) -> bool:
+    """Delete local functions called from nowhere (neither the graph nor another function), to a
+    fixpoint: a function only called by a dead one is dead too."""
+    changed = False
+    while True:
+        called = {(n.domain, n.op_type, n.overload) for n in model.graph.all_nodes()}
+        for f in model.functions.values():
+            called |= {(n.domain, n.op_type, n.overload) for n in f.graph.all_nodes()}
+        dead = [k for k in model.functions if k not in called]
+        if not dead:
+            return changed
+        for k in dead:
+            del model.functions[k]
+        changed = True

@@ -8,6 +8,7 @@ from lepton_ir import Attr, Function, Model, Node
 
 from ..base import Pass, register_pass
 from ..util import splice
+from .dce import drop_uncalled_functions
 
 
 def _compatible(f: Function, model: Model) -> bool:
@@ -51,10 +52,5 @@ class InlineFunctions(Pass):
             if not progress:
                 break
         if changed:
-            used = {(n.domain, n.op_type, n.overload) for n in model.graph.all_nodes()}
-            for key in list(model.functions):
-                if key not in used and not any(
-                        (m.domain, m.op_type, m.overload) == key
-                        for f in model.functions.values() for m in f.graph.all_nodes()):
-                    del model.functions[key]
+            drop_uncalled_functions(model)
         return changed
