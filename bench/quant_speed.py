@@ -1,6 +1,6 @@
 """Speed of int8 in ONNX Runtime: our `onnx`-path int8 vs ORT float vs ORT's own quantize_static.
 
-    python bench/quant_speed.py [--repeat N] [models...]      (models: resnet18 ppocr-det minilm-l3)
+    python bench/quant_speed.py [--repeat N] [--tvm | --tvm-only] [models...]   (resnet18 ppocr-det minilm-l3)
 
 Same process, same machine, ONNX Runtime CPU with intra_op_num_threads=2 and all graph
 optimizations, median latency of --repeat runs after warm-up; the variants are timed round-robin
@@ -17,6 +17,19 @@ Each variant's output is compared with float on the timing input (cosine / agree
 but wrong model shows. Models: a ResNet-18-like convnet built with onnx.helper (random He-init
 weights, BN already folded, 1x3x224x224), PP-OCRv4 det (1x3x480x640 rendered page) and MiniLM-L3
 (batch 1, 64 tokens). Results go to bench/results/quant_speed.json.
+
+``--tvm`` (models resnet18 and minilm-l3) adds, in the same run, the TVM side (tvm-cpu, native
+target, search-free schedules, TVM_NUM_THREADS=2), timed round-robin with ORT float as the anchor:
+
+* ``tvm-float``           the float model;
+* ``tvm-int8``            quant8 (same settings as above) through tvm-cpu's default path:
+                          ``qdq-to-integer`` -> ConvInteger/MatMulInteger -> Relax conv2d/matmul on
+                          8-bit data with int32 accumulation, float requantization;
+* ``tvm-qdq-float``       the same QDQ model imported without ``qdq-to-integer`` (what tvm-cpu did
+                          before: TVM's importer makes float conv/matmul between dequantize/quantize);
+* for minilm-l3 also ``tvm-int8-dynamic``: quant8-dynamic (DynamicQuantizeLinear + MatMulInteger).
+
+Results under ``<model>.tvm`` in the JSON.
 """
 
 from __future__ import annotations
@@ -44,6 +57,7 @@ from lepton_passes.quant.ort_check import integer_kernel_count, ort_optimized_op
 
 RESULTS = Path(__file__).resolve().parent / "results" / "quant_speed.json"
 THREADS = 2
+os.environ.setdefault("TVM_NUM_THREADS", str(THREADS))  # before TVM's runtime starts its thread pool
 
 
 def resnet18_like(seed: int = 0) -> onnx.ModelProto:
@@ -180,16 +194,116 @@ def bench(name: str, proto_path: str, calib_feeds: list[dict], feed: dict, repea
     return res
 
 
+def _tvm_vm(model: "lepton_ir.Model", shapes: dict[str, list[int]], integer: bool = True):
+    """Compile `model` for the native CPU as tvm-cpu does; return a callable running it.
+
+    integer=False imports the QDQ model without `qdq-to-integer` (tvm-cpu's former pre-lowering:
+    lower-fused-to-standard, legalize, canonicalize), the float-compute baseline."""
+    import tvm
+    from tvm import relax
+
+    from lepton_backends.tvm import lower
+    from lepton_backends.tvm.backend import prepare_for_tvm
+    from lepton_ir.clone import clone_model
+    from lepton_passes import get_pass
+
+    if integer:
+        work = prepare_for_tvm(model, shapes)
+    else:
+        work = clone_model(model)
+        lepton_ir.pin_input_shapes(work, shapes)
+        for name in ("lower-fused-to-standard", "legalize", "canonicalize"):
+            get_pass(name)().run(work)
+            work.graph.sort()
+    mod = lower.to_relax(lepton_ir.to_onnx(work), shapes)
+    vm = relax.VirtualMachine(lower.build(mod, "native"), tvm.cpu())
+    names = [v.name for v in model.graph.inputs if v.name not in model.graph.initializers]
+
+    def run(feed: dict) -> list[np.ndarray]:
+        out = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(feed[n])) for n in names])
+        outs = list(out) if not hasattr(out, "numpy") else [out]
+        return [o.numpy() for o in outs]
+
+    return run
+
+
+def bench_tvm(name: str, proto_path: str, calib_feeds: list[dict], feed: dict, repeat: int, out_index: int,
+              transformer: bool = False) -> dict:
+    """TVM float vs TVM int8 (and the QDQ float-compute import), ORT float as the anchor."""
+    res: dict = {"tvm_threads": int(os.environ["TVM_NUM_THREADS"]), "target": "native", "repeat": repeat}
+    shapes = {k: list(v.shape) for k, v in feed.items()}
+    with tempfile.TemporaryDirectory() as d:
+        npz = os.path.join(d, "calib.npz")
+        np.savez(npz, **{k: np.concatenate([f[k] for f in calib_feeds]) for k in calib_feeds[0]})
+        fm = lepton_ir.load(proto_path)
+        qm = lepton_ir.load(proto_path)
+        opts = dict(calibration="entropy", min_sqnr=20.0) if transformer else dict(calibration="percentile")
+        Quant8(calib=npz, progress=False, **opts).run(qm)
+        models = {"tvm-float": (fm, True), "tvm-int8": (qm, True), "tvm-qdq-float": (qm, False)}
+        if transformer:
+            dm = lepton_ir.load(proto_path)
+            Quant8Dynamic().run(dm)
+            # Round trip: quant8-dynamic types its scalar scale/zero point with a tuple shape (),
+            # which pin_input_shapes cannot read; the reloaded model has proper types.
+            models["tvm-int8-dynamic"] = (lepton_ir.load(lepton_ir.to_onnx(dm)), True)
+        fns: dict = {"ort-float": (lambda s=_session(proto_path): s.run(None, feed))}
+        for label, (m, integer) in models.items():
+            t0 = time.perf_counter()
+            fn = _tvm_vm(m, shapes, integer)
+            res[f"{label}_compile_s"] = round(time.perf_counter() - t0, 1)
+            fns[label] = (lambda fn=fn: fn(feed))
+            print(f"[quant_speed] {name}: compiled {label} in {res[f'{label}_compile_s']} s", file=sys.stderr,
+                  flush=True)
+        outs = {label: fn() for label, fn in fns.items()}
+        for _ in range(2):
+            for fn in fns.values():
+                fn()
+        times: dict[str, list[float]] = {label: [] for label in fns}
+        for _ in range(repeat):
+            for label, fn in fns.items():
+                t0 = time.perf_counter()
+                fn()
+                times[label].append(time.perf_counter() - t0)
+        ref = outs["ort-float"][out_index]
+        for label in fns:
+            res[label] = {"median_ms": round(statistics.median(times[label]) * 1000.0, 3),
+                          "min_ms": round(min(times[label]) * 1000.0, 3),
+                          "cosine_to_ort_float": round(_cos(ref, outs[label][out_index]), 5)}
+        f = res["tvm-float"]["median_ms"]
+        for label in fns:
+            res[label]["speedup_vs_tvm_float"] = round(f / res[label]["median_ms"], 2)
+        # The integer path's agreement with ORT running the same QDQ model (its integer kernels).
+        q_ort = _session(lepton_ir.to_onnx(qm).SerializeToString()).run(None, feed)[out_index]
+        res["tvm_int8_max_abs_diff_vs_ort_qdq"] = float(np.max(np.abs(outs["tvm-int8"][out_index] - q_ort)))
+        res["cpu_flags"] = _cpu_isa()
+    res["load_average_1min"] = os.getloadavg()[0]
+    return res
+
+
+def _cpu_isa() -> str:
+    """The int8-relevant x86 extensions this CPU has (from /proc/cpuinfo)."""
+    try:
+        flags = next(ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")).split()
+    except (OSError, StopIteration):
+        return "unknown"
+    want = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512bw")
+    return " ".join(f for f in want if f in flags) or "none of avx2/avx512/vnni"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("models", nargs="*", default=["resnet18", "ppocr-det", "minilm-l3"])
     ap.add_argument("--repeat", type=int, default=30)
     ap.add_argument("--calib", type=int, default=16, help="calibration samples")
+    ap.add_argument("--tvm", action="store_true", help="also time tvm-cpu float vs int8 (resnet18, minilm-l3)")
+    ap.add_argument("--tvm-only", action="store_true", help="only the TVM comparison (skips the ORT variants)")
     args = ap.parse_args()
     results = {"threads": THREADS, "repeat": args.repeat, "onnxruntime": ort.__version__}
     if RESULTS.exists():
         try:
-            results = {**json.loads(RESULTS.read_text()), **results}
+            old = json.loads(RESULTS.read_text())
+            # --tvm-only keeps the ORT entries (and the repeat count they were measured with).
+            results = {**old, **results} if not args.tvm_only else {**results, **old}
         except ValueError:
             pass
     rng = np.random.default_rng(0)
@@ -201,7 +315,9 @@ def main() -> int:
                 # Random weights: any input distribution is as good as another; a fixed one is kept.
                 cal = [{"x": rng.standard_normal((1, 3, 224, 224)).astype(np.float32)} for _ in range(args.calib)]
                 feed = {"x": rng.standard_normal((1, 3, 224, 224)).astype(np.float32)}
-                r = bench(name, path, cal, feed, args.repeat, 0)
+                r = {} if args.tvm_only else bench(name, path, cal, feed, args.repeat, 0)
+                if args.tvm or args.tvm_only:
+                    r["tvm"] = bench_tvm(name, path, cal, feed, args.repeat, 0)
             elif name == "ppocr-det":
                 path = str(corpus.real_model_path(name))
                 page = lambda s: {"x": corpus._ppocr_normalise(corpus._text_page(480, 640, np.random.default_rng(s), 6),
@@ -218,10 +334,12 @@ def main() -> int:
                 cal = [{"input_ids": ids[i:i + 1], "attention_mask": mask[i:i + 1]} for i in range(len(ids))]
                 tid, tmask = _tok([" ".join(SENTENCES[-4:])], pad_to=64)
                 feed = {"input_ids": tid[:, :64], "attention_mask": tmask[:, :64]}
-                r = bench(name, path, cal, feed, args.repeat, 3, transformer=True)
+                r = {} if args.tvm_only else bench(name, path, cal, feed, args.repeat, 3, transformer=True)
+                if args.tvm or args.tvm_only:
+                    r["tvm"] = bench_tvm(name, path, cal, feed, args.repeat, 3, transformer=True)
             else:
                 raise SystemExit(f"unknown model {name}")
-            results[name] = r
+            results[name] = {**results.get(name, {}), **r} if args.tvm_only else r
             print(f"== {name}")
             for k, v in r.items():
                 print(f"  {k:<24} {json.dumps(v)}")

@@ -1,6 +1,7 @@
 """Coverage of the ``tvm-cpu`` backend on real models (and the digits CNN).
 
-Each model goes through ``lepton.optimize(path, passes="canonicalize", backend="tvm-cpu", ...)``
+Each model goes through ``lepton.optimize(path, passes=corpus.tvm_passes(name), backend="tvm-cpu", ...)``
+(``canonicalize``; silero-vad binds its sample rate first, see ``corpus.BOUND_INPUTS``)
 with its input shapes pinned to those of ``realistic_inputs``; the artifact is run with
 ``lepton.load(out).run(inputs)`` and compared with ONNX Runtime on the original model
 (rtol 1e-3, atol 1e-4). Prints a table (nodes, compile s, max abs err, ok) and failure reasons.
@@ -79,6 +80,38 @@ def compare(ref: list[np.ndarray], got: list[np.ndarray]) -> tuple[float, bool, 
     return worst, ok, why
 
 
+def ort_sensitivity(path: Path, inputs: dict[str, np.ndarray]) -> float:
+    """Max abs change of ONNX Runtime's own outputs when every float input moves by one ulp.
+
+    Some models amplify rounding: ddddocr-old re-quantizes activations with DynamicQuantizeLinear
+    after every conv, so a 1-ulp difference anywhere (TVM's sigmoid differs from ORT's by 1 ulp on
+    44% of elements) can flip a quantization step that later layers multiply. When ORT disagrees
+    with itself by more than the tolerance under a 1-ulp input change, no other implementation can
+    be held to that tolerance; :func:`judge` then asks for the same argmax and an error within 3x
+    this sensitivity, and says so in the row.
+    """
+    nudged = {k: np.nextafter(v, np.array(np.inf, v.dtype)) if v.dtype.kind == "f" else v for k, v in inputs.items()}
+    ref, moved = ort_reference(path, inputs), ort_reference(path, nudged)
+    return max((float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max()) if a.size else 0.0)
+               for a, b in zip(ref, moved))
+
+
+def judge(path: Path, inputs: dict[str, np.ndarray], ref: list[np.ndarray], got: list[np.ndarray]) -> tuple[float, bool, str]:
+    """:func:`compare`, falling back to the sensitivity-bound check for ill-conditioned models."""
+    err, ok, why = compare(ref, got)
+    if ok or not np.isfinite(err) or not any(np.issubdtype(a.dtype, np.floating) for a in ref):
+        return err, ok, why
+    sens = ort_sensitivity(path, inputs)
+    limit = max(ATOL + RTOL * float(np.abs(a).max()) for a in ref if a.size)
+    if sens <= limit:
+        return err, ok, why
+    same_argmax = all(np.array_equal(np.asarray(b).argmax(-1), a.argmax(-1)) for a, b in zip(ref, got) if a.ndim)
+    if same_argmax and err <= 3 * sens:
+        return err, True, (f"ill-conditioned: ONNX Runtime moves by {sens:.3g} under a 1-ulp input change; "
+                           f"error {err:.3g} <= 3x that, same argmax")
+    return err, False, why + f" (ONNX Runtime's own 1-ulp sensitivity {sens:.3g})"
+
+
 def run_one(name: str, out_root: Path) -> dict:
     """Compile, run and compare one model in this process; returns a result row."""
     import onnx
@@ -88,11 +121,16 @@ def run_one(name: str, out_root: Path) -> dict:
     path, inputs = model_and_inputs(name)
     m = onnx.load(str(path), load_external_data=False)
     row = {"model": name, "nodes": len(m.graph.node), "compile_s": None, "max_abs_err": None, "ok": False, "reason": ""}
-    shapes = {k: list(v.shape) for k, v in inputs.items()}
+    from lepton_ir.testing.corpus import BOUND_INPUTS, tvm_passes
+
+    bound = BOUND_INPUTS.get(name, {})
+    feeds = {k: v for k, v in inputs.items() if k not in bound}  # bound inputs are compiled in
+    shapes = {k: list(v.shape) for k, v in feeds.items()}
     out = out_root / name
     t0 = time.perf_counter()
     try:
-        lepton.optimize(str(path), passes="canonicalize", backend="tvm-cpu", output=str(out), input_shapes=shapes)
+        lepton.optimize(str(path), passes=tvm_passes(name) if name != DIGITS else "canonicalize",
+                        backend="tvm-cpu", output=str(out), input_shapes=shapes)
     except Exception as e:  # report, do not crash the sweep
         row["compile_s"] = round(time.perf_counter() - t0, 2)
         row["reason"] = "compile: " + " ".join(str(e).split())[:300]
@@ -100,12 +138,12 @@ def run_one(name: str, out_root: Path) -> dict:
     row["compile_s"] = round(time.perf_counter() - t0, 2)
     try:
         runner = lepton.load(str(out))
-        got = runner.run(inputs)
+        got = runner.run(feeds)
     except Exception as e:
         row["reason"] = "run: " + " ".join(str(e).split())[:300]
         return row
     ref = ort_reference(path, inputs)
-    err, ok, why = compare(ref, list(got.values()))
+    err, ok, why = judge(path, inputs, ref, list(got.values()))
     row.update(max_abs_err=err, ok=ok, reason=why)
     return row
 
@@ -134,7 +172,7 @@ def print_table(rows: list[dict]) -> None:
         print(f"{r['model']:<20} {r['nodes'] if r['nodes'] is not None else '-':>6} {cs:>10} {err:>12} "
               f"{'yes' if r['ok'] else 'NO':>4}")
     for r in rows:
-        if not r["ok"]:
+        if r["reason"]:
             print(f"  {r['model']}: {r['reason']}")
 
 

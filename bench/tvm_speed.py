@@ -13,6 +13,10 @@ Per model:
       zero new trials).
 
     python bench/tvm_speed.py [--trials 64] [--models resnet18-like,mobilenetv2-like,minilm-l3]
+    python bench/tvm_speed.py --no-tune --models mobilenetv2-like   # (a) only: no tuning, 1 compile
+
+``--trials 0`` still compiles three times (reusing whatever the database holds); ``--no-tune``
+skips the tuned builds altogether, for checking the search-free schedules quickly.
 
 Writes bench/results/tvm_speed.json (``--json``) and prints a table.
 """
@@ -91,13 +95,25 @@ def timed_rounds(fns: dict, inputs, repeat: int, warmup: int = 3) -> dict[str, f
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
-def bench_model(name: str, trials: int, db: Path, tmp: Path, repeat: int) -> dict:
+def bench_model(name: str, trials: int | None, db: Path, tmp: Path, repeat: int) -> dict:
+    """One model's row; ``trials=None`` measures the untuned build only (no tuning, no database)."""
     import lepton
 
     path, inputs = model_and_inputs(name, tmp)
     row: dict = {"model": name, "trials_budget": trials}
     print(f"[tvm_speed] {name}: untuned compile...", file=sys.stderr, flush=True)
     row["untuned_compile_s"] = compile_tvm(path, inputs, tmp / f"{name}-untuned")
+    if trials is None:
+        sess = ort_session(path)
+        untuned = lepton.load(str(tmp / f"{name}-untuned"))
+        ref = sess.run(None, inputs)
+        got = list(untuned.run(inputs).values())
+        row["untuned_max_abs_err"] = max(float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+                                         for a, b in zip(ref, got))
+        med = timed_rounds({"ort": lambda: sess.run(None, inputs), "untuned": lambda: untuned.run(inputs)},
+                           inputs, repeat)
+        row.update(ort_ms=med["ort"], untuned_ms=med["untuned"], untuned_ratio=med["untuned"] / med["ort"])
+        return row
     r0 = records(db)
     print(f"[tvm_speed] {name}: tuning with {trials} trials into {db}...", file=sys.stderr, flush=True)
     row["tune_and_compile_s"] = compile_tvm(path, inputs, tmp / f"{name}-tuned", tune_trials=trials,
@@ -131,6 +147,10 @@ def print_table(rows: list[dict]) -> None:
         if "error" in r:
             print(f"{r['model']:<18} error: {r['error']}")
             continue
+        if "tuned_ms" not in r:  # --no-tune
+            print(f"{r['model']:<18} {r['ort_ms']:>8.2f} {r['untuned_ms']:>11.2f} {r['untuned_ratio']:>6.2f}"
+                  f"  (not tuned; untuned compile {r['untuned_compile_s']:.1f} s)")
+            continue
         print(f"{r['model']:<18} {r['ort_ms']:>8.2f} {r['untuned_ms']:>11.2f} {r['untuned_ratio']:>6.2f} "
               f"{r['tuned_ms']:>9.2f} {r['tuned_ratio']:>6.2f} {r['trials_budget']:>6} "
               f"{r['tune_and_compile_s']:>14.1f} {r['second_compile_s']:>13.1f} {r['new_records_second']:>14}")
@@ -139,6 +159,8 @@ def print_table(rows: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=64, help="MetaSchedule trials per model (default 64)")
+    ap.add_argument("--no-tune", action="store_true", help="untuned builds only: skip tuning and the tuned "
+                    "compiles (--trials is ignored)")
     ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {','.join(MODELS)}")
     ap.add_argument("--repeat", type=int, default=20, help="timed runs per variant (default 20)")
     ap.add_argument("--tuning-db", metavar="DIR", help="database folder (default: a fresh temporary one, so "
@@ -153,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         db = Path(args.tuning_db) if args.tuning_db else tmp / "tuning-db"
         for n in names:
             try:
-                rows.append(bench_model(n, args.trials, db, tmp, args.repeat))
+                rows.append(bench_model(n, None if args.no_tune else args.trials, db, tmp, args.repeat))
             except Exception as e:  # keep the other models' figures
                 rows.append({"model": n, "error": " ".join(str(e).split())[:300]})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
@@ -168,7 +190,7 @@ def _write(args, rows: list[dict], t_all: float, final: bool) -> None:
     out = {
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
                     "loadavg_end": os.getloadavg(), "threads": THREADS},
-        "trials_per_model": args.trials,
+        "trials_per_model": None if args.no_tune else args.trials,
         "repeat": args.repeat,
         "total_s": time.perf_counter() - t_all,
         "complete": final,

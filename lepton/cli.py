@@ -118,6 +118,12 @@ def opt_parser() -> argparse.ArgumentParser:
     p.add_argument("--tuning-db", metavar="PATH",
                    help="tvm-cpu: tuning database folder (default ~/.cache/lepton/tuning/<target-hash>, shared by "
                         "all models)")
+    p.add_argument("--tune-rpc", metavar="HOST:PORT",
+                   help="measure tuning candidates on the device behind this TVM RPC server (e.g. `lepton-device "
+                        "emulate`); needed to tune for a cross target such as --backend tvm-arm")
+    p.add_argument("--tune-tracker", metavar="HOST:PORT",
+                   help="measure tuning candidates on a device taken from this TVM RPC tracker (needs --tune-key)")
+    p.add_argument("--tune-key", metavar="KEY", help="device key to ask --tune-tracker for")
     return p
 
 
@@ -208,6 +214,12 @@ def _opt(args: argparse.Namespace) -> int:
     except LeptonError as e:
         raise UsageError(str(e)) from None
     options = dict(_parse_option(o) for o in args.option)
+    if (args.tune_rpc or args.tune_tracker or args.tune_key) and args.tune is None:
+        raise UsageError("--tune-rpc/--tune-tracker/--tune-key go with --tune TRIALS")
+    if args.tune_rpc and args.tune_tracker:
+        raise UsageError("give --tune-rpc or --tune-tracker, not both")
+    if args.tune_tracker and not args.tune_key:
+        raise UsageError("--tune-tracker needs --tune-key KEY")
     if args.tune is not None or args.tuning_db is not None:
         if args.tune is not None and args.tune < 0:
             raise UsageError("--tune takes a non-negative number of trials")
@@ -217,6 +229,9 @@ def _opt(args: argparse.Namespace) -> int:
             options["tune-trials"] = args.tune
         if args.tuning_db is not None:
             options["tuning-db"] = args.tuning_db
+        for opt, val in (("tune-rpc", args.tune_rpc), ("tune-tracker", args.tune_tracker), ("tune-key", args.tune_key)):
+            if val:
+                options[opt] = val
     if backend is not None and args.output is None:
         raise UsageError(f"--backend {args.backend} needs -o OUT")
     if args.target and backend is None and not (args.output and not args.output.endswith(".onnx")):

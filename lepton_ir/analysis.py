@@ -84,3 +84,85 @@ def to_networkx(graph: "Graph") -> "nx.MultiDiGraph":
         for d in _deps(n, graph):
             g.add_edge(d, n)
     return g
+
+
+# -- shape-determining inputs ---------------------------------------------------------------------
+#: Operand positions (standard ONNX domain) whose *values* a static compiler must know to build the
+#: op: they fix an output shape (Reshape.shape, Expand.shape, Resize.sizes, TopK.K, ...) or name
+#: axes (Reduce*.axes, CumSum.axis, ...). Static compilers (TVM, XLA) take them as compile-time
+#: constants. Resize.roi is here too: TVM's importer reads it as a constant like scales/sizes.
+#: Pad.constant_value, Clip.min/max and the like are *data* and deliberately absent, and so is Range:
+#: its start/delta are also the values of its output, so binding them would bind the answer.
+SHAPE_OPERANDS: dict[str, frozenset[int]] = {
+    "Reshape": frozenset({1}),
+    "Expand": frozenset({1}),
+    "Tile": frozenset({1}),
+    "ConstantOfShape": frozenset({0}),
+    "Slice": frozenset({1, 2, 3, 4}),  # starts, ends, axes, steps
+    "Pad": frozenset({1, 3}),  # pads, axes
+    "CenterCropPad": frozenset({1}),  # shape
+    "Resize": frozenset({1, 2, 3}),  # roi, scales, sizes
+    "Upsample": frozenset({1}),  # scales
+    "Squeeze": frozenset({1}),
+    "Unsqueeze": frozenset({1}),
+    "Split": frozenset({1}),
+    "SplitToSequence": frozenset({1}),
+    "TopK": frozenset({1}),
+    "OneHot": frozenset({1}),  # depth
+    "CumSum": frozenset({1}),  # axis
+    "CumProd": frozenset({1}),  # axis
+    "AffineGrid": frozenset({1}),  # size
+    "Col2Im": frozenset({1, 2}),  # image_shape, block_shape
+    "NonMaxSuppression": frozenset({2}),  # max_output_boxes_per_class
+    "Trilu": frozenset({1}),  # k (a diagonal offset: TVM needs it at compile time)
+    "DFT": frozenset({1, 2}),  # dft_length, axis
+    **{op: frozenset({1}) for op in ("ReduceSum", "ReduceMean", "ReduceMax", "ReduceMin", "ReduceProd",
+                                     "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp",
+                                     "ReduceSumSquare")},
+}
+
+#: Pure integer/shape arithmetic a shape-determining value may flow through (e.g. axes built by
+#: Concat/Unsqueeze, sizes computed by Mul/Cast). An input of such a node is shape-determining when
+#: every output of the node is. Kept deliberately small: anything else makes the value data.
+SHAPE_VALUE_FLOW: frozenset[str] = frozenset({
+    "Identity", "Cast", "CastLike", "Concat", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Gather",
+    "Slice", "Add", "Sub", "Mul", "Div", "Mod", "Neg", "Abs", "Max", "Min", "Floor", "Ceil", "Round",
+})
+
+
+def _is_shape_determining(value: "Value", graph: "Graph", memo: dict[int, bool]) -> bool:
+    """True when every use of `value` reaches a SHAPE_OPERANDS position through SHAPE_VALUE_FLOW ops."""
+    key = id(value)
+    if key in memo:
+        return memo[key]
+    memo[key] = False  # graphs are acyclic; this only guards against malformed input
+    uses = value.uses()
+    ok = bool(uses) and not value.is_graph_output()
+    for node, i in uses:
+        if not ok:
+            break
+        if node.graph is not graph or node.domain not in ("", "ai.onnx"):
+            ok = False  # captured by a subgraph or a non-standard op: treat as data
+        elif i in SHAPE_OPERANDS.get(node.op_type, ()):
+            continue
+        elif node.op_type in SHAPE_VALUE_FLOW:
+            ok = all(_is_shape_determining(o, graph, memo) for o in node.outputs)
+        else:
+            ok = False
+    memo[key] = ok
+    return ok
+
+
+def shape_determining_inputs(graph: "Graph") -> list[str]:
+    """Names of the graph's (non-initializer) inputs whose values only determine shapes or axes.
+
+    An input qualifies when it has at least one use and *every* use is at a SHAPE_OPERANDS
+    position, directly or through a chain of SHAPE_VALUE_FLOW ops (pure int arithmetic, Concat,
+    Gather, ...), and neither it nor anything derived from it is a graph output. A value read by
+    any other op (Add of data, a subgraph, a graph output) is data, so binding it to a constant
+    could let constant folding compute the model's answer; such inputs are never reported.
+    Static-shape backends specialise a model on the values of these inputs (see `bind-inputs`).
+    """
+    memo: dict[int, bool] = {}
+    return [v.name for v in graph.inputs
+            if v.const is None and v.name is not None and _is_shape_determining(v, graph, memo)]

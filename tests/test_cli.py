@@ -401,3 +401,32 @@ def test_duplicate_plugin_pass_name_is_an_error(plugin_dir: Path, model_path: Pa
 def test_duplicate_in_process_registration_is_an_error() -> None:
     with pytest.raises(PassError, match="duplicate pass name 'tc-identity'"):
         register_pass(dataclasses.dataclass(frozen=True)(type("X", (Pass,), {"name": "tc-identity"})))
+
+
+def test_remote_tuning_usage_errors(tmp_path: Path) -> None:
+    """--tune-rpc/--tune-tracker/--tune-key: misuse is a one-line usage error (exit 2)."""
+    digits = str(Path(lepton.__file__).parent / "data" / "digits_cnn.onnx")
+    out = str(tmp_path / "o")
+    cases = [
+        (["--backend", "tvm-arm", "-o", out, "--tune-rpc", "127.0.0.1:9"], "go with --tune TRIALS"),
+        (["--backend", "tvm-arm", "-o", out, "--tune", "4", "--tune-rpc", "127.0.0.1:9",
+          "--tune-tracker", "127.0.0.1:9"], "not both"),
+        (["--backend", "tvm-arm", "-o", out, "--tune", "4", "--tune-tracker", "127.0.0.1:9"], "needs --tune-key"),
+    ]
+    for args, needle in cases:
+        r = run_cli("lepton-opt", digits, *args)
+        assert r.returncode == 2, (args, r.stderr)
+        assert needle in one_error_line(r.stderr), args
+
+
+def test_cross_target_tuning_needs_a_device(tmp_path: Path) -> None:
+    """Kernels for aarch64 cannot be measured on this host: tuning tvm-arm without a remote device
+    is refused with a one-line error (and nothing is written)."""
+    pytest.importorskip("tvm")
+    digits = str(Path(lepton.__file__).parent / "data" / "digits_cnn.onnx")
+    out = tmp_path / "o"
+    r = run_cli("lepton-opt", digits, "--input-shape", "image=1x1x8x8", "--backend", "tvm-arm", "--target",
+                "cortex-a72", "-o", str(out), "--tune", "4", "--tuning-db", str(tmp_path / "db"))
+    assert r.returncode == 1
+    assert "measures on the device" in one_error_line(r.stderr) and "--tune-rpc" in r.stderr
+    assert not out.exists()

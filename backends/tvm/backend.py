@@ -33,6 +33,9 @@ class TvmCpuBackend(Backend):
 
     name = "tvm-cpu"
     default_pipeline = "canonicalize"
+    #: TVM must know shape-determining values (Reshape shape, Reduce axes, ...) at compile time;
+    #: lepton.onnx_backend specialises on such inputs (bind-inputs) for backends that say so.
+    needs_static_shape_values = True
     option_help = {
         "input-shapes": 'JSON {"input": [dims]} pinning symbolic dims (lets TVM specialise kernels)',
         "schedule": "auto (default: search-free CPU schedules) or none (naive TVM loops)",
@@ -40,6 +43,9 @@ class TvmCpuBackend(Backend):
                      "default with tune-trials: ~/.cache/lepton/tuning/<target-hash>",
         "tune-trials": "MetaSchedule trials to spend on kernels not yet in the tuning database (0: only reuse it)",
         "cross-cc": "C compiler for cross targets (default aarch64-linux-gnu-gcc for aarch64 targets)",
+        "tune-rpc": "HOST:PORT of a TVM RPC server: tuning measures candidates on that device (needed for cross targets)",
+        "tune-tracker": "HOST:PORT of a TVM RPC tracker: tuning measures on a device it hands out (with tune-key)",
+        "tune-key": "device key to ask the tune-tracker for",
     }
 
     def build(self, model, staging: Path, *, target: str | None, options: dict[str, Any],
@@ -67,6 +73,7 @@ class TvmCpuBackend(Backend):
             tgt = tuning_target(tgt)
             db_dir = Path(str(options["tuning-db"])).expanduser() if options.get("tuning-db") else default_database_dir(tgt)
         export_cc = None
+        cc = None
         triple = str(tgt.attrs.get("mtriple", "") or "") if tgt.kind.name == "llvm" else ""
         if triple and not triple.startswith(_host_arch()):
             cc = str(options.get("cross-cc") or ("aarch64-linux-gnu-gcc" if triple.startswith("aarch64") else ""))
@@ -80,7 +87,8 @@ class TvmCpuBackend(Backend):
             mod = lower.to_relax(onnx_model, _parse_shapes(options.get("input-shapes")))
             inputs, outputs = io_specs(onnx_model, mod)
             if db_dir is not None:
-                database = _tuned_database(mod, tgt, db_dir, tune_trials)
+                database = _tuned_database(mod, tgt, db_dir, tune_trials, _tuning_runner(options, bool(export_cc)),
+                                           cross_cc=cc if export_cc else None)
             ex = lower.build(mod, tgt, schedule=schedule, database=database)
         except BackendError:
             raise
@@ -115,7 +123,28 @@ def _parse_trials(value: Any) -> int | None:
     return n
 
 
-def _tuned_database(mod, tgt, db_dir: Path, trials: int | None):
+def _tuning_runner(options: dict[str, Any], cross: bool):
+    """MetaSchedule runner for the ``tune-rpc`` / ``tune-tracker`` options (None: measure here).
+
+    A cross target's kernels cannot run on this host, so tuning one needs a remote device.
+    """
+    rpc, tracker, key = options.get("tune-rpc"), options.get("tune-tracker"), options.get("tune-key")
+    trials = _parse_trials(options.get("tune-trials"))
+    if not rpc and not tracker:
+        if cross and trials:
+            raise BackendError("tvm-cpu: tuning for a cross target measures on the device: give tune-rpc HOST:PORT "
+                               "(lepton-opt --tune-rpc) or tune-tracker HOST:PORT with tune-key")
+        return None
+    from .tune import remote_runner
+
+    try:
+        return remote_runner(rpc=str(rpc) if rpc else None, tracker=str(tracker) if tracker else None,
+                             key=str(key) if key else None)
+    except ValueError as e:
+        raise BackendError(f"tvm-cpu: {e}") from None
+
+
+def _tuned_database(mod, tgt, db_dir: Path, trials: int | None, runner=None, cross_cc: str | None = None):
     """The database to build with: tune ``trials`` more candidates into ``db_dir`` first when
     ``trials`` is given (progress on stderr; Ctrl-C keeps what was measured and builds anyway)."""
     from .tune import open_database, stderr_log, tune
@@ -123,35 +152,37 @@ def _tuned_database(mod, tgt, db_dir: Path, trials: int | None):
     if trials is None:
         return open_database(db_dir)
     log = stderr_log("tvm-cpu")
-    res = tune(mod, tgt, trials, db_dir, trials_per_iter=max(1, min(16, trials or 16)), log=log)
+    res = tune(mod, tgt, trials, db_dir, trials_per_iter=max(1, min(16, trials or 16)), log=log,
+               runner=runner, cross_cc=cross_cc)
     log(f"tuning done: {res.trials} trials measured, {res.new_records} new records, "
         f"{len(res.tasks_skipped)}/{res.tasks_total} kernels reused from the database, {res.seconds:.0f} s"
         + (" (interrupted)" if res.interrupted else ""))
     return res.database
 
 
-#: Lepton passes run on a copy of the model before TVM sees it: lower fused ops (if any) and the
-#: ops TVM's importer lacks (legalize), then clean up again (canonicalize), so TVM imports a graph
-#: of standard ops with constant shapes.
-PRE_LOWERING = ("lower-fused-to-standard", "legalize", "canonicalize")
+#: Lepton passes run on a copy of the model before TVM sees it: lower fused ops (if any), turn
+#: quant8's QDQ Conv/MatMul/Gemm groups into ConvInteger/MatMulInteger (int8 x int8 -> int32; TVM
+#: would otherwise import them as float compute between dequantize/quantize), legalize the ops TVM's
+#: importer lacks, then clean up again (canonicalize), so TVM imports standard ops with constant shapes.
+#: `legalize{integer-ops=false}`: TVM lowers MatMulInteger (its importer) and ConvInteger
+#: (converters.py) natively with int32 accumulation, so their exact-float rewrite is not wanted.
+PRE_LOWERING = "lower-fused-to-standard,qdq-to-integer,legalize{integer-ops=false},canonicalize"
 
 
 def prepare_for_tvm(model, input_shapes: dict[str, list[int]] | None = None):
     """A copy of `model` ready for TVM's importer (the user's model object is left untouched)."""
     import lepton_ir
     from lepton_ir.clone import clone_model
-    from lepton_passes import get_pass, list_passes
+    from lepton_passes import parse_pipeline
 
     work = clone_model(model)
     if input_shapes:
         lepton_ir.pin_input_shapes(work, input_shapes)
-    known = list_passes()
-    for name in PRE_LOWERING:
-        if name in known:
-            get_pass(name)().run(work)
-            # legalize-integer-ops can leave a rewritten ConvInteger's replacement after a user of
-            # its output (ddddocr-old); a stable topological sort repairs the order.
-            _sort_graphs(work.graph)
+    for p in parse_pipeline(PRE_LOWERING).passes():
+        p.run(work)
+        # Rewrites can leave a replacement after a user of its output (ddddocr-old's ConvIntegers
+        # under legalize-integer-ops did); a stable topological sort repairs the order.
+        _sort_graphs(work.graph)
     work.verify()
     return work
 

@@ -3,8 +3,11 @@
 TVM 0.27 ships no untuned CPU schedule for convolutions or matrix multiplies: the default CPU
 pipeline leaves every PrimFunc as the naive single-threaded loop nest produced by LegalizeOps,
 and ``tvm.s_tir.dlight.cpu`` only has ``GEMV`` and ``Reduction`` (softmax / norms) rules.
-This module adds two dlight ``ScheduleRule``s that close most of that gap without any search:
+This module adds three dlight ``ScheduleRule``s that close most of that gap without any search:
 
+* :class:`DepthwiseConv` -- for depthwise convolutions (``group == channels``): parallel over
+  channels, each channel's input padded right before use, ``rows x vector`` register tiles with
+  the kernel window unrolled, fused epilogue (see the class docstring).
 * :class:`TiledReduction` -- for PrimFuncs with one "contraction" block (conv2d, matmul,
   pooling, mean): register-blocked direct loop nest. The output's innermost axis is split into
   SIMD-width chunks and vectorised, a second output axis that the vector-loaded operand does not
@@ -16,7 +19,7 @@ This module adds two dlight ``ScheduleRule``s that close most of that gap withou
 * :class:`ParallelVectorize` -- for everything else (pads, elementwise, transposes): outer loops
   fused and parallelised, innermost loop vectorised when its extent allows.
 
-Both rules give up (return ``None``) on anything they do not recognise, so the next rule (or no
+All rules give up (return ``None``) on anything they do not recognise, so the next rule (or no
 schedule at all, which is still correct) applies. Every schedule primitive is checked by TVM, so a
 rule can only make code faster or fail -- never wrong.
 """
@@ -144,10 +147,15 @@ def _divisors(n: int) -> list[int]:
 
 
 def _pick_vector_factor(extent: int, lanes: int) -> int:
-    """Largest multiple of ``lanes`` dividing ``extent`` up to 2 vectors; else largest divisor <= 2 vectors."""
-    divs = [d for d in _divisors(extent) if d <= 2 * lanes]
-    full = [d for d in divs if d % lanes == 0]
-    return max(full) if full else max(divs)
+    """Largest multiple of ``lanes`` dividing ``extent`` up to 2 vectors; else largest divisor <= 1 vector.
+
+    Partial vectors wider than one register are avoided: LLVM splits e.g. ``<14 x float>`` into
+    8 + 4 + 2 pieces, and measured on MobileNetV2's 14x14 and 28x28 pointwise convs (AVX2) a
+    14-wide vector ran 13-16x slower than a 7-wide one.
+    """
+    divs = _divisors(extent)
+    full = [d for d in divs if d % lanes == 0 and d <= 2 * lanes]
+    return max(full) if full else max(d for d in divs if d <= lanes)
 
 
 class ParallelVectorize(ScheduleRule):
@@ -242,20 +250,10 @@ class TiledReduction(ScheduleRule):
 
         # 1. Collapse the elementwise epilogue chain (bias, BN, ReLU, residual add) into the last
         #    block, so only one epilogue block consumes the reduction.
-        names = [sch.get(b).name_hint for b in blocks]
-        for name in names[names.index(red_name) + 1 :]:
-            blk = sch.get_sblock(name)
-            if not sch.get_consumers(blk):  # writes a function output: the surviving epilogue
-                continue
-            try:
-                sch.compute_inline(blk)
-            except Exception:  # not inlinable (e.g. read twice with offsets): stays separate
-                pass
-        red = sch.get_sblock(red_name)
-        consumers = sch.get_consumers(red)
-        if len(consumers) > 1:
+        epilogue = _collapse_epilogue(sch, red_name)
+        if epilogue is False:
             return None
-        epilogue = consumers[0] if consumers else None
+        red = sch.get_sblock(red_name)
 
         loops = sch.get_loops(red)
         ivs = sch.get(red).iter_vars
@@ -367,14 +365,171 @@ class TiledReduction(ScheduleRule):
         return sch
 
 
+class DepthwiseConv(ScheduleRule):
+    """Row x column register tiles for depthwise (``group == channels``) NCHW convolutions.
+
+    :class:`TiledReduction` finds no reuse axis here (every output channel reads its own input
+    channel), so it falls back to 1 x ``lanes`` tiles with a serial 3x3 reduction loop around a
+    single vector FMA, and pads the whole input in a separate pass. This rule instead:
+
+    * parallelises over (batch, channel), the only axis with independent work and plenty of it;
+    * pads (phase-split for strides 2-4, see :func:`_destride_inputs`) one channel plane at a
+      time inside that loop, so the padded plane is still in L1/L2 when the conv reads it;
+    * computes ``rows x vector`` output tiles (``rows * vectors <= _MAX_ACC_REGS``) with the
+      kernel window fully unrolled: each weight is broadcast once per tile and the input row
+      vectors that neighbouring output rows share are loaded once (LLVM merges the loads);
+    * computes the fused epilogue (BN, clip/ReLU6) from the accumulators before storing.
+    """
+
+    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool) -> s_tir.Schedule | None:
+        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+            return None
+        try:
+            return self._apply(func, target)
+        except Exception:  # a primitive refused: TiledReduction (or no schedule) applies instead
+            return None
+
+    def _apply(self, func: tirx.PrimFunc, target: Target) -> s_tir.Schedule | None:
+        sch = s_tir.Schedule(func)
+        blocks = sch.get_child_blocks(sch.get_sblock("root"))
+        reds = [b for b in blocks if _is_reduction(sch, b)]
+        if len(reds) != 1:
+            return None
+        red = reds[0]
+        red_name = sch.get(red).name_hint
+        ivs = sch.get(red).iter_vars
+        loops = sch.get_loops(red)
+        kinds = [iv.iter_type for iv in ivs]
+        if len(loops) != 7 or len(ivs) != 7:
+            return None
+        if kinds != [tirx.IterVar.DataPar] * 4 + [tirx.IterVar.CommReduce] * 3:
+            return None
+        exts = [_extent(sch, lp) for lp in loops]
+        if any(e is None for e in exts) or exts[4] != 1:
+            return None  # dynamic, or reduces over input channels (a dense/grouped conv)
+        n_var, c_var, y_var, x_var, _, ry_var, _ = (iv.var for iv in ivs)
+        reads = sch.get(red).reads
+        # The data operand: 4-D, its channel index follows the output channel, rows follow ry.
+        data = [r for r in reads if len(r.region) == 4 and c_var in _vars_in(r.region[1].min)
+                and ry_var in _vars_in(r.region[2].min) and y_var in _vars_in(r.region[2].min)]
+        if len(data) != 1:
+            return None
+        data_buf = data[0].source
+        producers = [p for p in sch.get_producers(red)
+                     if any(w.source.same_as(data_buf) for w in sch.get(p).writes)]
+
+        epilogue = _collapse_epilogue(sch, red_name)
+        if epilogue is False:
+            return None
+        red = sch.get_sblock(red_name)
+
+        if exts[3] >= 2 and _destride_inputs(sch, red, reads, x_var):
+            red = sch.get_sblock(red_name)
+            reads = sch.get(red).reads
+            producers = [p for p in sch.get_producers(red)
+                         if any(w.source.same_as(r.source) for w in sch.get(p).writes for r in reads)]
+        lanes = vector_lanes(target)
+        vi = 1
+        if _unit_stride(reads, x_var):
+            vi = _pick_vector_factor(exts[3], lanes)
+        vec_regs = -(-vi // lanes)
+        yt = max(d for d in _divisors(exts[2]) if d * vec_regs <= _MAX_ACC_REGS and d <= 4)
+
+        n, c, y, x, rc, ry, rx = sch.get_loops(red)
+        yo, yi = sch.split(y, factors=[None, yt])
+        xo, xi = sch.split(x, factors=[None, vi])
+        sch.reorder(n, c, yo, xo, rc, ry, rx, yi, xi)
+        nc = sch.fuse(n, c)
+        sch.parallel(nc)
+        acc = sch.cache_write(red, 0, "local")
+        sch.reverse_compute_at(acc, xo, preserve_unit_loops=True)
+        if epilogue is not None:
+            try:
+                sch.reverse_compute_inline(epilogue)
+            except Exception:  # stays a separate pass; step 4 parallelises it
+                pass
+        wb = sch.get_loops(acc)
+        if vi > 1 and _extent(sch, wb[-1]) == vi:
+            sch.vectorize(wb[-1])
+        sch.unroll(ry)
+        sch.unroll(rx)
+        sch.unroll(yi)
+        if vi > 1:
+            sch.vectorize(xi)
+        init = sch.decompose_reduction(red, rc)
+        init_loops = sch.get_loops(init)
+        if vi > 1 and sch.get(init_loops[-1]).kind != tirx.ForKind.VECTORIZED:
+            sch.vectorize(init_loops[-1])
+
+        # Pad one channel plane per parallel iteration, right before the conv reads it.
+        for p in producers:
+            if sch.get(p).name_hint == red_name or _is_reduction(sch, p):
+                continue
+            try:
+                sch.compute_at(p, nc, preserve_unit_loops=True)
+            except Exception:  # e.g. the pad reads across channels: stays a separate pass
+                continue
+            ploops = sch.get_loops(p)[1:]
+            if ploops:
+                ext = _extent(sch, ploops[-1])
+                if ext and ext >= lanes:
+                    f = _pick_vector_factor(ext, lanes)
+                    if f >= max(2, lanes // 2):
+                        if f == ext:
+                            sch.vectorize(ploops[-1])
+                        else:
+                            sch.vectorize(sch.split(ploops[-1], factors=[None, f])[1])
+
+        red_like = {red_name, red_name + "_init", red_name + "_local"}
+        for b in sch.get_child_blocks(sch.get_sblock("root")):
+            if sch.get(b).name_hint in red_like:
+                continue
+            lb = sch.get_loops(b)
+            if lb and sch.get(lb[0]).kind == tirx.ForKind.PARALLEL:
+                continue
+            try:
+                _parallel_vectorize_block(sch, b, lanes, 64)
+            except Exception:
+                pass
+        return sch
+
+
+def _collapse_epilogue(sch: s_tir.Schedule, red_name: str):
+    """Inline the elementwise chain after the reduction block into its last block.
+
+    Returns the single consumer block left (the epilogue), None if the reduction writes the
+    output directly, or False when more than one consumer remains (not a simple epilogue).
+    """
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    names = [sch.get(b).name_hint for b in blocks]
+    for name in names[names.index(red_name) + 1 :]:
+        blk = sch.get_sblock(name)
+        if not sch.get_consumers(blk):  # writes a function output: the surviving epilogue
+            continue
+        try:
+            sch.compute_inline(blk)
+        except Exception:  # not inlinable (e.g. read twice with offsets): stays separate
+            pass
+    consumers = sch.get_consumers(sch.get_sblock(red_name))
+    if len(consumers) > 1:
+        return False
+    return consumers[0] if consumers else None
+
+
 def default_cpu_rules() -> list[ScheduleRule]:
     """The rule list used for untuned CPU builds, most specific first."""
     from tvm.s_tir import dlight as dl
 
-    # GEMV first: batch-1 matmuls with the reduction innermost are its case. TiledReduction before
-    # dlight.cpu.Reduction, which also claims conv/pool + epilogue PrimFuncs but only parallelises
-    # the batch axis (1 at inference), i.e. runs them single-threaded and unvectorised.
-    return [dl.cpu.GEMV(), TiledReduction(), dl.cpu.Reduction(), ParallelVectorize()]
+    # No dlight.cpu.GEMV: it vectorises 64/128 output rows around the whole reduction and marks the
+    # reduction for explicit unrolling (up to 256 steps); when the reduction does not split evenly
+    # (a predicate per step) LLVM gets ~16k scalarised, guarded statements and takes minutes --
+    # ppocr-det's 96->384 squeeze-excite 1x1 conv (1x1 spatial) alone ran > 120 s in codegen, so the
+    # model never finished compiling. In the corpus GEMV only claimed such squeeze-excite convs,
+    # which TiledReduction compiles in ~0.1 s (parallel over output channels; they are tiny).
+    # TiledReduction before dlight.cpu.Reduction, which also claims conv/pool + epilogue PrimFuncs
+    # but only parallelises the batch axis (1 at inference), i.e. runs them single-threaded and
+    # unvectorised.
+    return [DepthwiseConv(), TiledReduction(), dl.cpu.Reduction(), ParallelVectorize()]
 
 
 def default_gpu_rules() -> list[ScheduleRule]:

@@ -7,8 +7,8 @@ Pipeline (CPU; see :func:`pipeline_passes`)::
     LegalizeOps, AnnotateTIROpPattern, FoldConstant,    # ops -> TIR, fold weight transforms
     FuseOps, FuseTIR                                    # conv/matmul + elementwise epilogue fusion
     [MetaScheduleApplyDatabase]                         # tuned kernels, when a database is given
-    ApplyDefaultSchedule(dlight.cpu.GEMV, dlight.cpu.Reduction,
-                         TiledReduction, ParallelVectorize)   # see cpu_schedule.py
+    ApplyDefaultSchedule(DepthwiseConv, TiledReduction,
+                         dlight.cpu.Reduction, ParallelVectorize)   # see cpu_schedule.py
     RewriteDataflowReshape ... VMShapeLower, AttachGlobalSymbol  # TVM's CPU lowering/finalize
 
 For CUDA targets the schedule step is ``dlight.gpu`` (Matmul, GEMV, Reduction, GeneralReduction,
@@ -109,7 +109,8 @@ def to_relax(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None =
         input_shapes: optional ``{input name: shape}`` pinning symbolic dims (e.g. batch). Pinned
             shapes let TVM specialise every kernel; symbolic ones stay as Relax shape variables.
     """
-    from tvm.relax.frontend.onnx import from_onnx
+    # TVM's importer plus the converters it lacks (ConvInteger; see converters.py).
+    from .converters import from_onnx
 
     shapes = resolved_input_shapes(model, input_shapes)
     # from_onnx takes only int dims here; inputs left symbolic are omitted so the importer keeps

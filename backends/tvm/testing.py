@@ -182,6 +182,51 @@ def mobilenetv2_like(batch: int = 1, size: int = 224, classes: int = 1000, seed:
     )
 
 
+def depthwise_conv_block(channels: int = 24, height: int = 20, width: int = 19, stride: int = 1,
+                         multiplier: int = 1, seed: int = 0) -> onnx.ModelProto:
+    """Depthwise 3x3 Conv (``group == channels``, bias) -> BatchNormalization -> Clip(0, 6).
+
+    The MobileNet building block whose PrimFunc ``DepthwiseConv`` schedules. The default width (19)
+    is neither a multiple of the vector width nor even, so tails and the stride-2 phase split are
+    exercised; ``multiplier > 1`` gives ``channels * multiplier`` outputs (depth multiplier).
+    """
+    b = _Builder(seed)
+    cout = channels * multiplier
+    w = (b.rng.standard_normal((cout, 1, 3, 3)) * np.sqrt(2.0 / 9)).astype(np.float32)
+    bias = b.const((b.rng.standard_normal(cout) * 0.1).astype(np.float32), "b")
+    y = b.op("Conv", ["x", b.const(w), bias], kernel_shape=[3, 3], strides=[stride, stride], pads=[1, 1, 1, 1],
+             group=channels)
+    lo = b.const(np.array(0.0, np.float32), "lo")
+    hi = b.const(np.array(6.0, np.float32), "hi")
+    b.op("Clip", [b.bn(y, cout), lo, hi])
+    b.nodes[-1].output[0] = "y"
+    oh, ow = (height - 1) // stride + 1, (width - 1) // stride + 1
+    return b.model(
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, height, width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, cout, oh, ow])],
+        "depthwise_conv_block",
+    )
+
+
+def squeeze_excite_block(channels: int = 384, squeezed: int = 96, size: int = 6, seed: int = 0) -> onnx.ModelProto:
+    """PP-OCR's squeeze-excite: GAP -> 1x1 Conv -> ReLU -> 1x1 Conv -> HardSigmoid -> Mul with the input.
+
+    Its 1x1 convs on a 1x1 map (``squeezed`` -> ``channels``, reduction not a multiple of 64) are
+    the PrimFuncs ``dlight.cpu.GEMV`` scheduled into minutes of LLVM time (ppocr-det).
+    """
+    b = _Builder(seed)
+    p = b.op("GlobalAveragePool", ["x"])
+    h = b.op("Relu", [b.conv(p, channels, squeezed, 1)])
+    g = b.op("HardSigmoid", [b.conv(h, squeezed, channels, 1)], alpha=1.0 / 6, beta=0.5)
+    b.op("Mul", ["x", g])
+    b.nodes[-1].output[0] = "y"
+    return b.model(
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, size, size + 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels, size, size + 4])],
+        "squeeze_excite_block",
+    )
+
+
 def ort_run(model: onnx.ModelProto, inputs: dict[str, np.ndarray], threads: int = 2) -> dict[str, np.ndarray]:
     """Run ``model`` in ONNX Runtime (CPU) and return ``{output name: array}``."""
     import onnxruntime as ort

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import os
 import signal
@@ -40,9 +41,10 @@ class TuneResult:
 
 
 _BUILD_FUNC = "lepton.tvm.meta_schedule_build"
+_EXPORT_FUNC = "lepton.tvm.meta_schedule_export"
 
 
-def _register_build_func() -> None:
+def _register_build_func(cross_cc: str | None = None) -> None:
     """Register MetaSchedule's build step without its ``import tvm.s_tir.tensor_intrin``.
 
     Runs in each builder worker (the LocalBuilder initializer). TVM's default build function
@@ -61,6 +63,84 @@ def _register_build_func() -> None:
         return tvm_build(mod, target=target)
 
     register_global_func(_BUILD_FUNC, build, override=True)
+
+    def export(mod) -> str:
+        # A shared library linked by the (cross) compiler: the remote device loads it directly
+        # (MetaSchedule's default exports a .tar the device would have to link itself, and an
+        # emulated or embedded board has no linker).
+        import tempfile
+
+        import tvm
+
+        path = os.path.join(tempfile.mkdtemp(prefix="lepton-ms-"), "kernel.so")
+        mod.export_library(path, fcompile=tvm.support.cc.cross_compiler(cross_cc) if cross_cc else None)
+        return path
+
+    register_global_func(_EXPORT_FUNC, export, override=True)
+
+
+def _direct_session(rpc_config: Any) -> Any:
+    """MetaSchedule session factory for a device reached directly (no tracker).
+
+    MetaSchedule's RPCRunner only asks trackers for devices; with ``--rpc HOST:PORT`` the host and
+    port ride in the config's tracker fields and this connects to the server itself.
+    """
+    from tvm import rpc
+
+    return rpc.connect(rpc_config.tracker_host, int(rpc_config.tracker_port),
+                       session_timeout=rpc_config.session_timeout_sec)
+
+
+def _host_filled_arguments(session: Any, device: Any, args_info: Any, alloc_repeat: int) -> list:
+    """MetaSchedule argument allocation that fills the device tensors with data sent from the host.
+
+    MetaSchedule's default calls ``tvm.contrib.random.random_fill_for_measure`` on the device,
+    which TVM runtimes built without ``USE_RANDOM`` (the aarch64 runtime wheel on the emulated
+    device, many board builds) do not have.
+    """
+    import numpy as np
+    from tvm.s_tir.meta_schedule.runner.utils import alloc_argument_common
+
+    rng = np.random.default_rng(0)
+
+    def fill(arr: Any) -> None:
+        dtype, shape = str(arr.dtype), [int(d) for d in arr.shape]
+        if dtype.startswith("float"):
+            data = rng.uniform(-1.0, 1.0, shape).astype(dtype)
+        elif dtype == "bool":
+            data = rng.integers(0, 2, shape).astype(bool)
+        else:
+            data = rng.integers(0, 8, shape).astype(dtype)
+        arr.copyfrom(data)
+
+    return alloc_argument_common(fill, device, args_info, alloc_repeat)
+
+
+def remote_runner(*, rpc: str | None = None, tracker: str | None = None, key: str | None = None,
+                  session_timeout: int = 120) -> Any:
+    """A MetaSchedule ``RPCRunner`` measuring on a remote device: directly (``rpc="HOST:PORT"``)
+    or through a tracker (``tracker="HOST:PORT"`` and ``key``).
+
+    One measurement session at a time: a board (or the emulated one) runs one kernel at a time.
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    if bool(rpc) == bool(tracker):
+        raise ValueError("remote tuning needs exactly one of rpc=HOST:PORT or tracker=HOST:PORT")
+    if tracker and not key:
+        raise ValueError("remote tuning through a tracker needs a device key")
+    host, _, port = (rpc or tracker or "").rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"remote tuning: expected HOST:PORT, got {rpc or tracker!r}")
+    cfg = ms.runner.RPCConfig(tracker_host=host, tracker_port=int(port), tracker_key=key or "direct",
+                              session_timeout_sec=session_timeout)
+    return ms.runner.RPCRunner(
+        rpc_config=cfg,
+        evaluator_config=ms.runner.EvaluatorConfig(number=3, repeat=1, min_repeat_ms=0),
+        f_create_session=_direct_session if rpc else None,
+        f_alloc_argument=_host_filled_arguments,
+        max_workers=1,
+    )
 
 
 @contextlib.contextmanager
@@ -93,6 +173,36 @@ def _without_tensor_intrin_import(target: Any) -> Iterator[None]:
     finally:
         if sys.modules.get(name) is stub:
             del sys.modules[name]
+
+
+def _space(target: Any) -> Any:
+    """MetaSchedule design space for ``target``.
+
+    aarch64 targets get MetaSchedule's generic LLVM rules (tiling, parallel/vectorize/unroll;
+    NEON through LLVM's vectorizer) instead of its ARM rule set: with TVM 0.27 the ARM set failed
+    while sampling the first candidates ("old_rv != nullptr && new_rv != nullptr" in
+    parallel_for_dynamic) on every float kernel tried, and it needs the tensor-intrinsic import
+    that costs minutes here.
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    if target.kind.name == "llvm" and str(target.attrs.get("mtriple", "")).startswith("aarch64"):
+        return ms.space_generator.PostOrderApply(sch_rules="llvm", postprocs="llvm", mutator_probs="llvm")
+    return "post-order-apply"
+
+
+def _static_kernel(mod: Any) -> bool:
+    """True when no PrimFunc in ``mod`` has a symbolic shape variable.
+
+    TVM 0.27's Python PrimFunc exposes no buffer map; TVMScript declares each free symbolic
+    dimension as ``N = TypeVar("N")`` ahead of the function, which is what this looks for.
+    """
+    import re
+
+    from tvm import tirx
+
+    return not any(isinstance(f, tirx.PrimFunc) and re.search(r"^\w+ = TypeVar\(", f.script(), re.M)
+                   for f in mod.functions.values())
 
 
 def tuning_target(target: Any) -> "tvm.target.Target":  # noqa: F821
@@ -275,6 +385,8 @@ def tune(
     only: list[str] | None = None,
     seed: int | None = 0,
     log: Callable[[str], None] | None = None,
+    runner: Any = None,
+    cross_cc: str | None = None,
 ) -> TuneResult:
     """Tune the kernels of ``mod`` for ``target`` with MetaSchedule, persisting to ``database_dir``.
 
@@ -290,6 +402,10 @@ def tune(
         only: optional substrings; tune only kernels whose name contains one (e.g. ``["conv2d"]``).
         seed: search seed, for reproducibility.
         log: called with one-line progress messages (e.g. :func:`stderr_log`); ``None``: quiet.
+        runner: MetaSchedule runner measuring the candidates (default: this host, a
+            ``LocalRunner``); :func:`remote_runner` measures on a remote device over TVM RPC.
+        cross_cc: C cross compiler linking candidates for a remote device of another
+            architecture (e.g. ``aarch64-linux-gnu-gcc``).
 
     The exclusive database lock is held for the whole call (see :func:`database_lock`). A Ctrl-C
     (in the main thread) stops the search after the current batch: the records measured so far
@@ -307,6 +423,14 @@ def tune(
     tasks = ms.relax_integration.extract_tasks(fused, tgt)
     if only:
         tasks = [t for t in tasks if any(s in t.task_name for s in only)]
+    dynamic = [t.task_name for t in tasks if not _static_kernel(t.dispatched[0])]
+    if dynamic:
+        # MetaSchedule cannot tune kernels over symbolic shapes (its search fails on them, taking
+        # the whole tuning run down): they keep the search-free schedules.
+        tasks = [t for t in tasks if t.task_name not in set(dynamic)]
+        if log:
+            log(f"{len(dynamic)} kernels have symbolic shapes and are not tuned (pin input shapes, e.g. "
+                f"--input-shape, to tune them): {', '.join(dynamic[:5])}{' ...' if len(dynamic) > 5 else ''}")
     state = {"trials": 0, "tasks_seen": set(), "interrupted": False, "t0": time.perf_counter()}
     with database_lock(database_dir, exclusive=True, log=log):
         db = _open_unlocked(database_dir)
@@ -334,13 +458,16 @@ def tune(
                 if log:
                     log(f"tuning: preparing MetaSchedule for {len(todo)} kernels, {total} trials")
                 contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(
-                    todo, work_dir=str(database_dir), seed=seed
+                    todo, work_dir=str(database_dir), seed=seed, space=_space(tgt)
                 )
                 workers = max(1, min(2, os.cpu_count() or 1))
                 builder = ms.builder.LocalBuilder(
-                    f_build=_BUILD_FUNC, initializer=_register_build_func, max_workers=workers, timeout_sec=60
+                    f_build=_BUILD_FUNC, f_export=_EXPORT_FUNC,
+                    initializer=functools.partial(_register_build_func, cross_cc),
+                    max_workers=workers, timeout_sec=60,
                 )
-                runner = ms.runner.LocalRunner(timeout_sec=60)
+                if runner is None:
+                    runner = ms.runner.LocalRunner(timeout_sec=60)
                 callbacks = list(ms.measure_callback.MeasureCallback.create("default"))
                 callbacks.append(_progress_callback(total, len(todo), [t.task_name for t in todo], state, log))
                 state["t0"] = time.perf_counter()

@@ -55,6 +55,8 @@ __all__ = [
     "real_model_path",
     "realistic_inputs",
     "magika_features",
+    "BOUND_INPUTS",
+    "tvm_passes",
     "ConformanceCase",
     "conformance_cases",
     "conformance_tolerances",
@@ -620,6 +622,26 @@ def _input_specs_cached(path: str, size: int, mtime_ns: int) -> dict[str, tuple[
         dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tt.shape.dim]
         specs[vi.name] = (onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type), dims)
     return specs
+
+
+#: Inputs a user binds to a value before compiling for TVM (pass ``bind-inputs``): silero-vad
+#: branches on its sample rate ``sr`` (8000 or 16000) with If nodes around its LSTMs, and TVM
+#: compiles no If around an LSTM; the model serves one rate per deployment, so binding it is what
+#: a user does anyway. The value is the one :func:`realistic_inputs` feeds.
+BOUND_INPUTS: dict[str, dict[str, int]] = {"silero-vad": {"sr": 16000}}
+
+
+def tvm_passes(name: str) -> str:
+    """The pass pipeline to run before a TVM backend for real model ``name``.
+
+    ``canonicalize``, preceded by ``bind-inputs`` for the inputs in :data:`BOUND_INPUTS`; the
+    bound inputs are then no longer inputs of the artifact (drop them from the feeds).
+    """
+    bound = BOUND_INPUTS.get(name)
+    if not bound:
+        return "canonicalize"
+    values = ",".join(f'"{k}={v}"' for k, v in bound.items())
+    return f"bind-inputs{{values=[{values}]}},canonicalize"
 
 
 def realistic_inputs(name: str, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:

@@ -16,12 +16,21 @@ from lepton_ir import ArrayTensor, LeptonError, Model, TensorType, Value
 from ..base import Pass, register_pass
 
 
-def _parse(binding: str) -> tuple[str, list[float]]:
+def _number(text: str) -> int | float:
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+def _parse(binding: str) -> tuple[str, list[int | float]]:
     name, sep, text = binding.partition("=")
     if not sep or not name:
         raise LeptonError(f"bind-inputs: expected NAME=VALUE[:VALUE...], got {binding!r}")
     try:
-        return name, [float(v) for v in text.split(":") if v != ""]
+        # Integer literals stay ints: float() would round int64 values beyond 2**53 (INT64_MAX, the
+        # usual "to the end" Slice bound, would wrap to INT64_MIN when cast back).
+        return name, [_number(v) for v in text.split(":") if v != ""]
     except ValueError:
         raise LeptonError(f"bind-inputs: value of {name!r} is not a number: {text!r}") from None
 

@@ -2,9 +2,9 @@
 
 - com.microsoft::FusedConv (Conv + activation) -> Conv + the activation;
 - com.microsoft::FusedMatMul (transA/transB/alpha) -> Transpose + MatMul + Mul;
-- com.microsoft::DynamicQuantizeLSTM is not handled: ONNX Runtime re-quantizes activations at every
-  step inside the kernel, which a standard-op rewrite can only approximate; it is reported as
-  unsupported by the backend instead of silently changing results.
+- com.microsoft::DynamicQuantizeLSTM has its own pass, `legalize-dynamic-quantize-lstm`
+  (dynamic_quantize_lstm.py): it unrolls the op and repeats ONNX Runtime's per-step re-quantization
+  of the activations with standard ops and MatMulInteger, so results match ONNX Runtime's kernel.
 """
 
 from __future__ import annotations

@@ -24,7 +24,9 @@ _DEFAULT_ACTS = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"]
 _GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
 
 
-def _why_not(n: Node) -> str | None:
+def _why_not(n: Node, kind: str | None = None) -> str | None:
+    """Why `n` (a recurrent op of `kind`, default its op_type) cannot be unrolled; None if it can."""
+    kind = kind or n.op_type
     x = n.inputs[0]
     if x is None or x.shape is None:
         return "input shape unknown"
@@ -39,7 +41,7 @@ def _why_not(n: Node) -> str | None:
     acts = n.attr("activations")
     if acts is not None and any(str(a).lower() not in _ACTS for a in acts):
         return f"activation {acts} not supported"
-    if n.op_type == "LSTM" and n.attr("input_forget", 0):
+    if kind == "LSTM" and n.attr("input_forget", 0):
         return "input_forget=1"
     sl = n.inputs[4] if len(n.inputs) > 4 else None
     if sl is not None:
@@ -49,8 +51,10 @@ def _why_not(n: Node) -> str | None:
     return None
 
 
-class _B:
-    """Node builder at the current insertion point, aware of the opset's Split form."""
+class StepBuilder:
+    """Node builder at the current insertion point, aware of the opset's Split form.
+
+    Shared by the unrolling passes (`unroll-rnn`, `legalize-dynamic-quantize-lstm`)."""
 
     def __init__(self, g: Graph, opset: int) -> None:
         self.g = g
@@ -82,11 +86,33 @@ class _B:
         return self("Unsqueeze", x, axes=[axis])
 
 
-def _unroll(n: Node, opset: int) -> tuple[Value | None, ...]:
+class FloatGemms:
+    """The two products of an LSTM/RNN direction in float, as the ONNX spec writes them.
+
+    `_unroll` asks for them through this interface so that a quantized op
+    (`legalize-dynamic-quantize-lstm`) can substitute its own arithmetic and reuse the cell equations.
+    """
+
+    def project(self, b: StepBuilder, X: Value, W: Value, d: int) -> Value:
+        """X [seq, batch, input] times direction d's W^T: [seq, batch, gates*h]."""
+        return b("MatMul", X, b("Transpose", b.take(W, d), perm=[1, 0]))
+
+    def recurrence(self, b: StepBuilder, R: Value, d: int):
+        """A function H [batch, h] -> H times direction d's R^T, [batch, gates*h]."""
+        RT = b("Transpose", b.take(R, d), perm=[1, 0])
+        return lambda H: b("MatMul", H, RT)
+
+
+def _unroll(n: Node, opset: int, kind: str | None = None, gemms: FloatGemms | None = None
+            ) -> tuple[Value | None, ...]:
+    """The outputs (Y, Y_h, Y_c) of `n` unrolled; `kind` overrides the op type (LSTM/GRU/RNN) and
+    `gemms` the input and recurrent products (GRU, whose recurrence is split by gate, always uses
+    float MatMuls for it)."""
     g = n.graph
     assert g is not None
-    b = _B(g, opset)
-    kind = n.op_type
+    b = StepBuilder(g, opset)
+    kind = kind or n.op_type
+    gemms = gemms or FloatGemms()
     gates = _GATES[kind]
     h = int(n.attr("hidden_size"))
     layout = n.attr("layout", 0)
@@ -123,18 +149,21 @@ def _unroll(n: Node, opset: int) -> tuple[Value | None, ...]:
     ys, yhs, ycs = [], [], []
     for d, dname in enumerate(dirs):
         f_act, *rest = acts_all[d * per:(d + 1) * per]
-        Wd, Rd = b.take(W, d), b.take(R, d)
-        XW = b("MatMul", X, b("Transpose", Wd, perm=[1, 0]))  # [seq, batch, gates*h]
+        XW = gemms.project(b, X, W, d)  # [seq, batch, gates*h]
         Bd = b.take(B, d) if B is not None else None
         if Bd is not None:
             wb, rb = b.cols(Bd, 0, gates * h, 0), b.cols(Bd, gates * h, 2 * gates * h, 0)
         H = b.take(init_h, d) if init_h is not None else zeros()
         C = (b.take(init_c, d) if init_c is not None else zeros()) if kind == "LSTM" else None
+        if kind == "GRU":
+            Rd = b.take(R, d)
         if kind == "GRU" and not n.attr("linear_before_reset", 0):
             RzrT = b("Transpose", b.cols(Rd, 0, 2 * h, 0), perm=[1, 0])
             RhT = b("Transpose", b.cols(Rd, 2 * h, 3 * h, 0), perm=[1, 0])
-        else:
+        elif kind == "GRU":
             RT = b("Transpose", Rd, perm=[1, 0])
+        else:
+            recur = gemms.recurrence(b, R, d)
         if Bd is not None and not (kind == "GRU"):
             XW = b("Add", XW, b("Add", wb, rb))
         elif Bd is not None:
@@ -147,7 +176,7 @@ def _unroll(n: Node, opset: int) -> tuple[Value | None, ...]:
         for t in steps:
             xt = b.take(XW, t)
             if kind == "LSTM":
-                gates_v = b("Add", xt, b("MatMul", H, RT))
+                gates_v = b("Add", xt, recur(H))
                 i, o, f, c = b.split(gates_v, 4, h)
                 if P is not None:
                     i = b("Add", i, b("Mul", pi, C))
@@ -184,7 +213,7 @@ def _unroll(n: Node, opset: int) -> tuple[Value | None, ...]:
                 one = b.c(np.float32(1.0))
                 H = b("Add", b("Mul", b("Sub", one, z), hn), b("Mul", z, H))
             else:
-                H = act(f_act, b("Add", xt, b("MatMul", H, RT)))  # biases are already in XW
+                H = act(f_act, b("Add", xt, recur(H)))  # biases are already in XW
             outs[t] = H
         ys.append(b.unsq(b("Concat", *[b.unsq(outs[t], 0) for t in range(seq)], axis=0), 1))  # [seq,1,batch,h]
         yhs.append(b.unsq(H, 0))

@@ -20,7 +20,7 @@ from typing import Literal
 
 import numpy as np
 
-from lepton_ir import DType, Model, TensorType, Value, infer_types
+from lepton_ir import DType, Model, Shape, TensorType, Value, infer_types
 
 from ..base import Pass, register_pass
 from ..util import constant_value, replace_value
@@ -92,8 +92,8 @@ class Quant8Dynamic(Pass):
                 if id(a) not in shared:
                     aq, as_, azp = g.op("DynamicQuantizeLinear", a, num_outputs=3, name=f"{base}_DynamicQuantizeLinear")
                     aq.type = TensorType(DType.UINT8, a.shape)
-                    as_.type = TensorType(DType.FLOAT, ())
-                    azp.type = TensorType(DType.UINT8, ())
+                    as_.type = TensorType(DType.FLOAT, Shape(()))
+                    azp.type = TensorType(DType.UINT8, Shape(()))
                     shared[id(a)] = (aq, as_, azp)
                 aq, as_, azp = shared[id(a)]
                 wq = g.constant(qw, name=f"{base}_quantized")

@@ -86,6 +86,61 @@ def test_real_model_slow(name, tmp_path, request):
 
 
 # ---------------------------------------------------------------------------------------------
+# ddddocr-old: ORT dynamic quantization (ConvInteger, DynamicQuantizeLinear, DynamicQuantizeLSTM)
+#
+# Each DynamicQuantizeLinear re-quantizes activations to 8 bits, so a one-ulp difference before it
+# (TVM's Sigmoid in the SiLUs is not bit-identical to MLAS's) moves a value across a rounding
+# boundary now and then, and the next ConvInteger spreads that quantum. ONNX Runtime itself moves
+# its logits by ~0.36 (of ~33) when the image is nudged by one ulp, so the rtol 1e-3 / atol 1e-4
+# comparison cannot hold for the whole model on any implementation that is not bit-identical to
+# ORT. The LSTM alone is checked with the usual tolerance; the whole model with a tolerance taken
+# from ORT's own one-ulp sensitivity, and by its decoding (the argmax per step).
+# Compile times (2 cores, loaded): LSTM alone ~70 s, whole model 100-140 s.
+
+
+def _ddddocr_old(tmp_path):
+    path = _real("ddddocr-old")
+    inputs = corpus.realistic_inputs("ddddocr-old")
+    model = onnx.load(str(path))
+    lstm = next(n for n in model.graph.node if n.op_type == "DynamicQuantizeLSTM")
+    return path, inputs, lstm
+
+
+@pytest.mark.slow
+def test_ddddocr_old_lstm(tmp_path, request):
+    """The model's DynamicQuantizeLSTM (bidirectional, hidden 512, 20 steps, int8 weights) alone,
+    legalized by legalize-dynamic-quantize-lstm and compiled, on its real input (ORT's value of it
+    on the realistic image): within the usual tolerance of ORT's own kernel (measured: 4e-6)."""
+    _need_slow(request)
+    path, inputs, lstm = _ddddocr_old(tmp_path)
+    x_name = lstm.input[0]
+    cnn, sub = tmp_path / "cnn.onnx", tmp_path / "lstm.onnx"
+    onnx.utils.extract_model(str(path), str(cnn), list(inputs), [x_name])
+    onnx.utils.extract_model(str(path), str(sub), [x_name], list(lstm.output))
+    x = _ort(cnn, inputs)[0]
+    _compile_and_compare(sub, {x_name: x}, tmp_path / "lstm")
+
+
+@pytest.mark.slow
+def test_ddddocr_old_whole_model(tmp_path, request):
+    _need_slow(request)
+    path, inputs, _ = _ddddocr_old(tmp_path)
+    ref = _ort(path, inputs)[0]
+    (name, x), = inputs.items()
+    nudged = _ort(path, {name: np.nextafter(x, np.float32(np.inf))})[0]
+    sensitivity = float(np.abs(nudged - ref).max())
+    # the premise of the looser check below: ORT is this ill-conditioned itself
+    assert sensitivity > ATOL + RTOL * float(np.abs(ref).max())
+    out = tmp_path / "ddddocr-old"
+    lepton.optimize(str(path), passes="canonicalize", backend="tvm-cpu", output=str(out),
+                    input_shapes={k: list(v.shape) for k, v in inputs.items()})
+    got = list(lepton.load(str(out)).run(inputs).values())[0]
+    assert got.shape == ref.shape
+    np.testing.assert_array_equal(got.argmax(-1), ref.argmax(-1))  # the same text decoded
+    assert float(np.abs(got - ref).max()) <= 3 * sensitivity  # measured: 0.47 vs 0.36
+
+
+# ---------------------------------------------------------------------------------------------
 # lepton-opt --tune / --tuning-db
 
 

@@ -1,0 +1,91 @@
+"""The quant8 digits CNN compiled with tvm-arm (integer conv/matmul, int32 accumulation) runs on the
+emulated aarch64 device and gives the host tvm-cpu int8 result.
+
+quant8 with target=arm (s8 symmetric activations, 8-bit weights: what sdot/udot want) and with the
+x86 defaults (u8 activations), each cross-compiled for cortex-a72 (no dotprod) and neoverse-n1
+(dotprod). The integer part is exact on both machines; the float requantization (Cast, Mul by the
+scale, QuantizeLinear's division and rounding) is IEEE single precision on both, so the outputs
+are expected bit-exact; the assertion allows one output quantization step and the test reports
+bit-exactness separately. Real qemu, real TVM RPC, no mocks.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.arm
+
+os.environ.setdefault("LEPTON_NO_PROGRESS", "1")
+
+_MODELS: dict[str, object] = {}
+_HOST: dict[str, np.ndarray] = {}
+
+
+def _quantized(target: str, tmp_path_factory):
+    """The digits CNN through quant8 for `target` ("arm" or "x86"), calibrated on the calib split."""
+    import lepton_ir
+    import lepton_passes.quant  # noqa: F401
+    from lepton_ir.testing.corpus import digits_dataset, digits_model_path
+    from lepton_passes.quant import Quant8
+
+    if target not in _MODELS:
+        d = tmp_path_factory.mktemp(f"q8-{target}")
+        xc, _ = digits_dataset("calib")
+        np.savez(d / "calib.npz", image=xc)
+        m = lepton_ir.load(str(digits_model_path()))
+        assert Quant8(calib=str(d / "calib.npz"), target=target, progress=False).run(m)
+        _MODELS[target] = m
+    return _MODELS[target]
+
+
+def _inputs() -> dict[str, np.ndarray]:
+    from lepton_ir.testing.corpus import digits_dataset
+
+    x, _ = digits_dataset("test")
+    return {"image": np.ascontiguousarray(x[:4], dtype=np.float32)}  # emulation is slow: 4 images
+
+
+def _host_int8(qtarget: str, tmp_path_factory) -> np.ndarray:
+    from lepton_backends import get_backend
+    from lepton_backends.tvm import load_artifact
+
+    if qtarget not in _HOST:
+        out = tmp_path_factory.mktemp("host") / qtarget
+        inputs = _inputs()
+        get_backend("tvm-cpu")().compile(_quantized(qtarget, tmp_path_factory), out, target="native",
+                                         options={"input-shapes": {"image": list(inputs["image"].shape)}})
+        _HOST[qtarget] = next(iter(load_artifact(out).run(inputs).values()))
+    return _HOST[qtarget]
+
+
+@pytest.mark.parametrize("qtarget", ["arm", "x86"])
+@pytest.mark.parametrize("cpu", ["cortex-a72", "neoverse-n1"])
+def test_quant8_digits_on_device_matches_host(emulator, tmp_path_factory, cpu, qtarget, record_property) -> None:
+    from lepton_backends import get_backend
+    from lepton_backends.tvm.backend import prepare_for_tvm
+    from lepton.remote import RemoteRunner
+    from lepton_passes.util import constant_value
+
+    m = _quantized(qtarget, tmp_path_factory)
+    ops = {n.op_type for n in prepare_for_tvm(m).graph}
+    assert {"ConvInteger", "MatMulInteger"} <= ops and "Conv" not in ops
+    inputs = _inputs()
+    art = tmp_path_factory.mktemp("arm") / f"digits-q8{qtarget}-{cpu}"
+    get_backend("tvm-arm")().compile(m, art, target=cpu,
+                                     options={"input-shapes": {"image": list(inputs["image"].shape)}})
+    head = (art / "model.so").read_bytes()[:20]
+    assert int.from_bytes(head[18:20], "little") == 183  # EM_AARCH64
+    with RemoteRunner(art, rpc=f"{emulator[0]}:{emulator[1]}") as r:
+        got = next(iter(r.run(inputs).values()))
+    host = _host_int8(qtarget, tmp_path_factory)
+    dq = m.graph.outputs[0].producer()
+    step = float(np.asarray(constant_value(dq.inputs[1])).reshape(-1)[0])
+    err = float(np.max(np.abs(got - host)))
+    record_property("bit_exact", bool(np.array_equal(got, host)))
+    print(f"{cpu} quant8 target={qtarget}: max |device - host| = {err} (output step {step}); "
+          f"bit-exact: {np.array_equal(got, host)}")
+    assert err <= step * 1.001
+    assert np.array_equal(got.argmax(1), host.argmax(1))

@@ -1,0 +1,27 @@
+"""onnx's own BackendTest through Lepton's tvm-cpu backend, on cases that pass shape-determining
+values (Reduce axes, Reshape shape, TopK K, OneHot depth, CumSum axis, Split sizes, Pad pads, Tile
+repeats, Resize sizes) as graph inputs: `lepton.onnx_backend` must specialise on them lazily (the
+`onnx.backend` prepare/run protocol, unchanged) and TVM must compute the rest."""
+
+from __future__ import annotations
+
+import re
+
+import onnx.backend.test
+
+from lepton.onnx_backend import backend_for
+
+SLICE = re.compile(r"^test_(reduce_sum_keepdims_example|reshape_reduced_dims|top_k|onehot_with_axis|cumsum_1d|"
+                   r"split_variable_parts_1d_opset18|constant_pad|tile|resize_tf_crop_and_resize_axes_2_3|"
+                   r"cumprod_1d_exclusive|col2im_pads)_cpu$")
+
+_bt = onnx.backend.test.BackendTest(backend_for("tvm-cpu", "canonicalize"), __name__)
+_cases = _bt.test_cases
+for _cls in _cases.values():
+    for _name in [n for n in vars(_cls) if n.startswith("test_") and not SLICE.match(n)]:
+        delattr(_cls, _name)
+globals().update({k: v for k, v in _cases.items() if any(n.startswith("test_") for n in vars(v))})
+
+
+def test_slice_is_not_empty():
+    assert sum(n.startswith("test_") for c in _cases.values() for n in vars(c)) >= 10
