@@ -136,7 +136,10 @@ class LeptonBackend(Backend):
             import lepton_ir
             from lepton_ir.analysis import shape_determining_inputs
 
-            specialize = shape_determining_inputs(lepton_ir.load(model.SerializeToString()).graph)
+            graph = lepton_ir.load(model.SerializeToString()).graph
+            rank = {v.name: (len(v.shape.dims) if v.shape is not None else None) for v in graph.inputs}
+            # bind-inputs takes scalars and 1-D values (what shapes, axes and sizes are).
+            specialize = [n for n in shape_determining_inputs(graph) if rank.get(n) in (None, 0, 1)]
             if specialize:
                 return LeptonRep(None, input_names, output_names, None, backend=cls, model=model,
                                  specialize=specialize)

@@ -94,7 +94,8 @@ class TvmCpuBackend(Backend):
             raise
         except Exception as e:  # TVM importer/compiler errors: one line naming the backend
             lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
-            raise BackendError(f"tvm-cpu: TVM could not compile the model: {lines[-1] if lines else type(e).__name__}") from e
+            raise BackendError(f"tvm-cpu: TVM could not compile the model: {lines[-1] if lines else type(e).__name__}"
+                               + _bind_hint(model)) from e
         text = pipeline_text + ("\n" if pipeline_text else "") + "[tvm]\n" + lower.pipeline_text(tgt, schedule=schedule, database=database)
         fill_artifact_dir(
             staging,
@@ -108,6 +109,21 @@ class TvmCpuBackend(Backend):
             export_cc=export_cc,
             options=options,
         )
+
+
+def _bind_hint(model) -> str:
+    """A hint naming the inputs that fix shapes/axes (TVM needs those values at compile time)."""
+    from lepton_ir.analysis import shape_determining_inputs
+
+    try:
+        names = shape_determining_inputs(model.graph)
+    except Exception:  # a hint must never mask the real error
+        return ""
+    if not names:
+        return ""
+    example = ",".join(f'"{n}=..."' for n in names[:3])
+    return (f" (inputs {', '.join(names)} determine shapes or axes, which TVM needs as constants: bind them, "
+            f"e.g. --passes 'bind-inputs{{values=[{example}]}},canonicalize')")
 
 
 def _parse_trials(value: Any) -> int | None:

@@ -407,7 +407,7 @@ class DepthwiseConv(ScheduleRule):
         exts = [_extent(sch, lp) for lp in loops]
         if any(e is None for e in exts) or exts[4] != 1:
             return None  # dynamic, or reduces over input channels (a dense/grouped conv)
-        n_var, c_var, y_var, x_var, _, ry_var, _ = (iv.var for iv in ivs)
+        _, c_var, y_var, x_var, _, ry_var, _ = (iv.var for iv in ivs)
         reads = sch.get(red).reads
         # The data operand: 4-D, its channel index follows the output channel, rows follow ry.
         data = [r for r in reads if len(r.region) == 4 and c_var in _vars_in(r.region[1].min)
@@ -532,8 +532,31 @@ def default_cpu_rules() -> list[ScheduleRule]:
     return [DepthwiseConv(), TiledReduction(), dl.cpu.Reduction(), ParallelVectorize()]
 
 
+class Guarded(ScheduleRule):
+    """A dlight rule whose schedule errors mean "does not apply": the next rule gets the kernel.
+
+    dlight's GPU rules raise instead of declining on some kernels they match (ddddocr-old's
+    int32-accumulating integer convs made dl.gpu.Matmul fail with "The block no longer exists in
+    the IRModule"), which took the whole CUDA build down although Fallback schedules them fine.
+    """
+
+    def __init__(self, rule: ScheduleRule) -> None:
+        self.rule = rule
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool):
+        try:
+            return self.rule.apply(func, target, tunable)
+        except Exception:  # noqa: BLE001  a failed rule declines; see the class docstring
+            return None
+
+    def is_target_available(self, target: Target) -> bool:
+        return self.rule.is_target_available(target)
+
+
 def default_gpu_rules() -> list[ScheduleRule]:
-    """dlight's default GPU rules (what TVM's CUDA pipeline applies), for untuned CUDA builds."""
+    """dlight's default GPU rules (what TVM's CUDA pipeline applies), for untuned CUDA builds;
+    all but the last are :class:`Guarded` (Fallback's errors stay errors: nothing follows it)."""
     from tvm.s_tir import dlight as dl
 
-    return [dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()]
+    return [Guarded(dl.gpu.Matmul()), Guarded(dl.gpu.GEMV()), Guarded(dl.gpu.Reduction()),
+            Guarded(dl.gpu.GeneralReduction()), dl.gpu.Fallback()]

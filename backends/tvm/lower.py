@@ -217,6 +217,7 @@ def pipeline_text(target: "tvm.target.Target", *, schedule: str = "auto", databa
 
 
 def _rule_name(rule) -> str:
+    rule = getattr(rule, "rule", rule)  # cpu_schedule.Guarded wraps a dlight rule
     mod = type(rule).__module__
     if ".dlight.gpu" in mod:
         return f"dlight.gpu.{type(rule).__name__}"

@@ -38,6 +38,7 @@ class TuneResult:
     trials: int = 0  # candidates measured by this call (including failed builds/runs)
     seconds: float = 0.0  # wall time of this call
     interrupted: bool = False  # Ctrl-C stopped the search; the records so far were kept
+    baseline: int = 0  # kernels whose search-free schedule was measured and recorded first
 
 
 _BUILD_FUNC = "lepton.tvm.meta_schedule_build"
@@ -189,6 +190,55 @@ def _space(target: Any) -> Any:
     if target.kind.name == "llvm" and str(target.attrs.get("mtriple", "")).startswith("aarch64"):
         return ms.space_generator.PostOrderApply(sch_rules="llvm", postprocs="llvm", mutator_probs="llvm")
     return "post-order-apply"
+
+
+def _seed_default_schedules(tasks: list, target: Any, db: Any, builder: Any, runner: Any) -> int:
+    """Measure each kernel's search-free schedule (cpu_schedule.py) and record it in ``db``.
+
+    MetaSchedule builds with the fastest record of a kernel. Without this, a short search would
+    replace a good hand-written schedule by the best of a few random candidates, i.e. tuning
+    could make a model slower; with the search-free schedule recorded as one more measured
+    candidate (its schedule trace replays at build time), a tuned kernel only wins when it ran
+    faster on the same runner. The records also seed the evolutionary search's first population.
+    Returns the number of kernels recorded.
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    from .cpu_schedule import default_cpu_rules
+
+    if target.kind.name != "llvm":
+        return 0
+    picked = []
+    with target:
+        for t in tasks:
+            func = t.dispatched[0]["main"]
+            for rule in default_cpu_rules():
+                try:
+                    sch = rule.apply(func, target, False)
+                except Exception:  # a rule that cannot handle this kernel: try the next one
+                    sch = None
+                if isinstance(sch, list):
+                    sch = sch[0] if sch else None
+                if sch is not None:
+                    picked.append((t, sch))
+                    break
+    if not picked:
+        return 0
+    built = builder.build([ms.builder.BuilderInput(sch.mod, target) for _, sch in picked])
+    runs, kept = [], []
+    for (t, sch), b in zip(picked, built):
+        if b.error_msg is None:
+            args = ms.arg_info.ArgInfo.from_prim_func(t.dispatched[0]["main"])
+            runs.append(ms.runner.RunnerInput(b.artifact_path, "cpu", args))
+            kept.append((t, sch, args))
+    n = 0
+    for (t, sch, args), fut in zip(kept, runner.run(runs) if runs else []):
+        res = fut.result()
+        if res.error_msg is None and res.run_secs:
+            wl = db.commit_workload(t.dispatched[0])
+            db.commit_tuning_record(ms.database.TuningRecord(sch.trace, wl, res.run_secs, target, args))
+            n += 1
+    return n
 
 
 def _static_kernel(mod: Any) -> bool:
@@ -431,7 +481,7 @@ def tune(
         if log:
             log(f"{len(dynamic)} kernels have symbolic shapes and are not tuned (pin input shapes, e.g. "
                 f"--input-shape, to tune them): {', '.join(dynamic[:5])}{' ...' if len(dynamic) > 5 else ''}")
-    state = {"trials": 0, "tasks_seen": set(), "interrupted": False, "t0": time.perf_counter()}
+    state = {"trials": 0, "tasks_seen": set(), "interrupted": False, "t0": time.perf_counter(), "baseline": 0}
     with database_lock(database_dir, exclusive=True, log=log):
         db = _open_unlocked(database_dir)
         todo, skipped = [], []
@@ -468,6 +518,10 @@ def tune(
                 )
                 if runner is None:
                     runner = ms.runner.LocalRunner(timeout_sec=60)
+                seeded = state["baseline"] = _seed_default_schedules(todo, tgt, db, builder, runner)
+                if log:
+                    log(f"tuning: measured the search-free schedules of {seeded}/{len(todo)} kernels as the baseline "
+                        "records (a tuned kernel replaces one only if it measured faster)")
                 callbacks = list(ms.measure_callback.MeasureCallback.create("default"))
                 callbacks.append(_progress_callback(total, len(todo), [t.task_name for t in todo], state, log))
                 state["t0"] = time.perf_counter()
@@ -502,4 +556,5 @@ def tune(
         trials=state["trials"],
         seconds=time.perf_counter() - t_start,
         interrupted=state["interrupted"],
+        baseline=state["baseline"],
     )

@@ -20,10 +20,12 @@ from .lp_normalization import LegalizeLpNormalization
 from .onehot_values import LegalizeOneHot
 from .pad_value import LegalizePadValue
 from .pow_types import LegalizePowTypes
+from .qlinear_conv import LegalizeQLinearConv
 from .qlinear_matmul import LegalizeQLinearMatMul
 from .reduce_bool import LegalizeReduceBool
 from .reduce_empty import LegalizeReduceEmpty
 from .resize_axes import LegalizeResizeAxes
+from .space_to_depth_crd import LegalizeSpaceToDepthCrd
 from .unroll_scan import UnrollScan
 
 
@@ -32,7 +34,7 @@ from .unroll_scan import UnrollScan
 class LegalizeExtra(Pass):
     """expand-new-function-ops, unroll-scan, then single-op rewrites (Pow, LpNormalization, CumProd,
     OneHot, Pad with run-time values, QLinearMatMul, Resize with axes, one-signed IsInf, BitShift
-    by out-of-range amounts, EyeLike, empty and bool ReduceMax/Min, Col2Im)."""
+    by out-of-range amounts, EyeLike, empty and bool ReduceMax/Min, Col2Im, QLinearConv, CRD SpaceToDepth)."""
 
     name = "legalize-extra"
     idempotent = True
@@ -50,6 +52,6 @@ class LegalizeExtra(Pass):
         for p in (LegalizePowTypes(), LegalizeLpNormalization(), LegalizeCumProd(), LegalizeOneHot(),
                   LegalizePadValue(), LegalizeQLinearMatMul(), LegalizeResizeAxes(), LegalizeIsInfSign(),
                   LegalizeBitShiftRange(), LegalizeEyeLike(), LegalizeReduceEmpty(), LegalizeReduceBool(),
-                  LegalizeCol2Im()):
+                  LegalizeCol2Im(), LegalizeQLinearConv(), LegalizeSpaceToDepthCrd()):
             changed |= p.run(model)
         return changed

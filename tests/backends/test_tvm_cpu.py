@@ -421,6 +421,8 @@ def test_tune_database_reused(tmp_path, request):
     db_dir = tmp_path / "db"
     first = tune_mod.tune(mod, "native", trials=16, database_dir=db_dir, trials_per_iter=8, only=["conv2d"])
     assert first.tasks_tuned and first.new_records > 0
+    # the search-free schedule of every kernel was measured and recorded before the search
+    assert first.baseline == len(first.tasks_tuned) and first.new_records >= first.baseline + 1
     # Second compile with the same database: every workload known, zero new trials.
     again = tune_mod.tune(lower.to_relax(model), "native", trials=16, database_dir=db_dir, trials_per_iter=8, only=["conv2d"])
     assert again.tasks_tuned == [] and again.new_records == 0 and again.tasks_skipped == first.tasks_tuned
@@ -429,3 +431,46 @@ def test_tune_database_reused(tmp_path, request):
     x = np.random.default_rng(1).standard_normal((1, 8, 16, 16)).astype(np.float32)
     got = runner_vm["main"](tvm.runtime.tensor(x)).numpy()
     np.testing.assert_allclose(got, testing.ort_run(model, {"x": x})["y"], rtol=RTOL, atol=ATOL)
+
+
+def test_guarded_rule_declines_on_schedule_errors():
+    """cpu_schedule.Guarded turns a dlight rule's exception into "does not apply" (next rule)."""
+    from tvm.s_tir.dlight.base import ScheduleRule
+
+    from lepton_backends.tvm.cpu_schedule import Guarded
+
+    class Broken(ScheduleRule):
+        def apply(self, func, target, tunable):
+            raise RuntimeError("The block no longer exists in the IRModule")
+
+    target = tvm.target.Target("llvm")
+    assert Guarded(Broken()).apply(None, target, False) is None
+    with pytest.raises(RuntimeError):
+        Broken().apply(None, target, False)
+    assert Guarded(Broken()).is_target_available(target)
+
+
+def test_compile_error_names_shape_inputs_to_bind(tmp_path):
+    """TVM needs axes as constants: the one-line error names the input to bind and how."""
+    import onnx
+    from onnx import TensorProto as T
+    from onnx import helper as h
+
+    import lepton
+    from lepton_backends.base import BackendError
+
+    g = h.make_graph([h.make_node("ReduceSum", ["x", "axes"], ["y"], keepdims=1)], "g",
+                     [h.make_tensor_value_info("x", T.FLOAT, [2, 3]), h.make_tensor_value_info("axes", T.INT64, [1])],
+                     [h.make_tensor_value_info("y", T.FLOAT, None)])
+    m = h.make_model(g, opset_imports=[h.make_opsetid("", 18)])
+    with pytest.raises(BackendError) as e:
+        lepton.optimize(m, backend="tvm-cpu", output=tmp_path / "o")
+    msg = str(e.value)
+    assert "\n" not in msg and "inputs axes determine shapes" in msg and "bind-inputs" in msg
+    # ... and doing what it says works, with the value ONNX Runtime gets at run time
+    lepton.optimize(m, passes='bind-inputs{values=["axes=1"]},canonicalize', backend="tvm-cpu",
+                    output=tmp_path / "b")
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    got = next(iter(lepton.load(tmp_path / "b").run({"x": x}).values()))
+    ref = testing.ort_run(onnx.load_from_string(m.SerializeToString()), {"x": x, "axes": np.array([1])})
+    np.testing.assert_allclose(got, next(iter(ref.values())), rtol=RTOL, atol=ATOL)

@@ -32,13 +32,14 @@ def _model(name: str):
         path = corpus.real_model_path(name)
     except FileNotFoundError as e:
         pytest.skip(f"{name} is not fetched ({e})")
-    return path, {k: list(v.shape) for k, v in corpus.realistic_inputs(name, batch=1).items()}
+    bound = corpus.BOUND_INPUTS.get(name, {})  # compiled in by bind-inputs (corpus.tvm_passes)
+    return path, {k: list(v.shape) for k, v in corpus.realistic_inputs(name, batch=1).items() if k not in bound}
 
 
-# The models tvm-cpu compiles (checked: digits, magika, ppocr-cls, silero-vad-ifless); the larger
-# two only in the slow run.
-MODELS = ["digits", "magika",
-          pytest.param("ppocr-cls", marks=pytest.mark.slow), pytest.param("silero-vad-ifless", marks=pytest.mark.slow)]
+# Every real model (bench/cuda_models.py sweeps them all with timings); all but the two quick
+# ones only in the slow run (30-120 s each on a 2-core host).
+_SLOW = ["ppocr-det", "ppocr-rec", "ppocr-cls", "silero-vad", "silero-vad-ifless", "minilm-l3", "ddddocr-old"]
+MODELS = ["digits", "magika", *(pytest.param(n, marks=pytest.mark.slow) for n in _SLOW)]
 
 
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
@@ -47,12 +48,14 @@ def test_artifact_holds_cubin_for_arch(tmp_path, name, arch, request):
     import lepton
     from lepton_backends.tvm import ArtifactError, load_artifact, read_manifest
 
-    if name in ("ppocr-cls", "silero-vad-ifless") and "slow" not in (request.config.getoption("-m") or ""):
+    from lepton_ir.testing.corpus import tvm_passes
+
+    if name in _SLOW and "slow" not in (request.config.getoption("-m") or ""):
         pytest.skip("slow to compile on a 2-core host; run with -m slow")
     path, shapes = _model(name)
     out = tmp_path / f"{name}-{arch}"
-    lepton.optimize(str(path), passes="canonicalize", backend="tvm-cuda", target=arch, output=out,
-                    input_shapes=shapes)
+    lepton.optimize(str(path), passes=tvm_passes(name) if name != "digits" else "canonicalize", backend="tvm-cuda",
+                    target=arch, output=out, input_shapes=shapes)
     m = read_manifest(out)  # verifies every hash, fatbins included
     assert m["target"]["kind"] == "cuda" and m["target"]["arch"] == arch
     info = m["extra"]["cuda"]

@@ -1,7 +1,7 @@
 """onnx's own BackendTest through Lepton's tvm-cpu backend, on cases that pass shape-determining
-values (Reduce axes, Reshape shape, TopK K, OneHot depth, CumSum axis, Split sizes, Pad pads, Tile
-repeats, Resize sizes) as graph inputs: `lepton.onnx_backend` must specialise on them lazily (the
-`onnx.backend` prepare/run protocol, unchanged) and TVM must compute the rest."""
+values (Reduce axes, Reshape shape, TopK K, OneHot depth, Split sizes, Pad pads) as graph inputs:
+`lepton.onnx_backend` must specialise on them lazily (the `onnx.backend` prepare/run protocol,
+unchanged) and TVM must compute the rest."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import onnx.backend.test
 
 from lepton.onnx_backend import backend_for
 
-SLICE = re.compile(r"^test_(reduce_sum_keepdims_example|reshape_reduced_dims|top_k|onehot_with_axis|cumsum_1d|"
-                   r"split_variable_parts_1d_opset18|constant_pad|tile|resize_tf_crop_and_resize_axes_2_3|"
-                   r"cumprod_1d_exclusive|col2im_pads)_cpu$")
+# Six cases keep this under a minute (each is a TVM compile); bench/conformance.py runs them all.
+SLICE = re.compile(r"^test_(reduce_sum_keepdims_example|reshape_reduced_dims|top_k|onehot_with_axis|"
+                   r"constant_pad|split_variable_parts_1d_opset18)_cpu$")
 
 _bt = onnx.backend.test.BackendTest(backend_for("tvm-cpu", "canonicalize"), __name__)
 _cases = _bt.test_cases
@@ -24,4 +24,4 @@ globals().update({k: v for k, v in _cases.items() if any(n.startswith("test_") f
 
 
 def test_slice_is_not_empty():
-    assert sum(n.startswith("test_") for c in _cases.values() for n in vars(c)) >= 10
+    assert sum(n.startswith("test_") for c in _cases.values() for n in vars(c)) >= 6

@@ -22,11 +22,12 @@ from lepton_ir.testing.corpus import conformance_cases, conformance_tolerances
 from lepton_passes.base import get_pass
 from lepton_passes.legalize.expand_new_ops import wants_body
 
-REWRITTEN = {"Scan", "CausalConvWithState", "LinearAttention", "LpNormalization", "CumProd", "OneHot", "QLinearMatMul", "Col2Im",
-             "EyeLike"}
-PATTERN = re.compile(r"test_(scan9_|causal_conv_with_state_|linear_attention_|rms_normalization_.*(axis0|negative_(2|3|4)\b)|"
-                     r"pow_types_|l[12]normalization_|cumprod_|onehot_|constant_pad|qlinearmatmul_|bitshift_|isinf_|"
-                     r"resize_.*(axes|not_larger|not_smaller)|col2im|eyelike_|reduce_m(ax|in)_(bool|empty))")
+REWRITTEN = {"Scan", "CausalConvWithState", "LinearAttention", "LpNormalization", "CumProd", "OneHot",
+             "QLinearMatMul", "QLinearConv", "Col2Im", "EyeLike"}
+PATTERN = re.compile(r"test_(scan9_|causal_conv_with_state_|linear_attention_|"
+                     r"rms_normalization_.*(axis0|negative_(2|3|4)\b)|pow_types_|l[12]normalization_|cumprod_|"
+                     r"onehot_|constant_pad|qlinearmatmul_|qlinearconv|bitshift_|isinf_|"
+                     r"resize_.*(axes|not_larger|not_smaller)|col2im|eyelike_|reduce_m(ax|in)_(bool|empty)|spacetodepth)")
 CASES = [c for c in conformance_cases() if PATTERN.match(c[0])]
 
 
