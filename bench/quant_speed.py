@@ -44,6 +44,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/timing.py
 import onnx
 import onnxruntime as ort
 from onnx import TensorProto as T
@@ -255,15 +257,11 @@ def bench_tvm(name: str, proto_path: str, calib_feeds: list[dict], feed: dict, r
             print(f"[quant_speed] {name}: compiled {label} in {res[f'{label}_compile_s']} s", file=sys.stderr,
                   flush=True)
         outs = {label: fn() for label, fn in fns.items()}
-        for _ in range(2):
-            for fn in fns.values():
-                fn()
-        times: dict[str, list[float]] = {label: [] for label in fns}
-        for _ in range(repeat):
-            for label, fn in fns.items():
-                t0 = time.perf_counter()
-                fn()
-                times[label].append(time.perf_counter() - t0)
+        # Alternating blocks, not single calls: ORT's and TVM's threads spin after a run, so strict
+        # interleaving times each runtime while the other still holds a core (bench/timing.py).
+        from timing import timed_blocks
+
+        times = {k: [t / 1000.0 for t in v] for k, v in timed_blocks(fns, repeat, warmup=2).items()}
         ref = outs["ort-float"][out_index]
         for label in fns:
             res[label] = {"median_ms": round(statistics.median(times[label]) * 1000.0, 3),

@@ -3,8 +3,9 @@
 Models: a ResNet-18-like and a MobileNetV2-like convnet (onnx.helper, random weights,
 1x3x224x224) and minilm-l3 (real model, realistic inputs). Both runtimes use 2 threads
 (TVM_NUM_THREADS=2, ORT intra_op_num_threads=2); latency is the median of ``--repeat`` runs,
-measured alternately (ORT, TVM untuned, TVM tuned) in rounds so that load changes on a shared
-machine hit all of them alike.
+measured in alternating blocks (ORT, TVM untuned, TVM tuned; bench/timing.py) so that load
+changes on a shared machine hit all of them alike and no runtime is timed while the other's
+threads still spin.
 
 Per model:
   (a) untuned: TVM/ORT latency ratio (goal: within 2x);
@@ -39,6 +40,7 @@ import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 
 THREADS = 2
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/timing.py
 MODELS = ("resnet18-like", "mobilenetv2-like", "minilm-l3")
 
 
@@ -82,17 +84,11 @@ def compile_tvm(path: Path, inputs, out: Path, **options) -> float:
 
 
 def timed_rounds(fns: dict, inputs, repeat: int, warmup: int = 3) -> dict[str, float]:
-    """Median ms per callable, measured interleaved (one call of each per round)."""
-    for f in fns.values():
-        for _ in range(warmup):
-            f()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeat):
-        for k, f in fns.items():
-            t0 = time.perf_counter()
-            f()
-            times[k].append((time.perf_counter() - t0) * 1e3)
-    return {k: float(np.median(v)) for k, v in times.items()}
+    """Median ms per callable, measured in alternating blocks (see bench/timing.py: timing ORT and
+    TVM one call each in turn measures each while the other's spinning threads hold a core)."""
+    from timing import medians, timed_blocks
+
+    return medians(timed_blocks(fns, repeat, warmup=warmup))
 
 
 def bench_model(name: str, trials: int | None, db: Path, tmp: Path, repeat: int) -> dict:

@@ -62,7 +62,7 @@ class TvmCpuBackend(Backend):
         try:
             tgt = resolve_target(target or "native")
         except ValueError as e:
-            raise BackendError(f"tvm-cpu: {e}") from None
+            raise BackendError(f"{self.name}: {e}") from None
         schedule = str(options.get("schedule", "auto"))
         database = None
         tune_trials = _parse_trials(options.get("tune-trials"))
@@ -78,7 +78,7 @@ class TvmCpuBackend(Backend):
         if triple and not triple.startswith(_host_arch()):
             cc = str(options.get("cross-cc") or ("aarch64-linux-gnu-gcc" if triple.startswith("aarch64") else ""))
             if not cc or shutil.which(cc) is None:
-                raise BackendError(f"tvm-cpu: cross target {triple} needs a C cross compiler ({cc or 'cross-cc option'}) on PATH")
+                raise BackendError(f"{self.name}: cross target {triple} needs a C cross compiler ({cc or 'cross-cc option'}) on PATH")
             import tvm
 
             export_cc = tvm.support.cc.cross_compiler(cc)
@@ -94,7 +94,7 @@ class TvmCpuBackend(Backend):
             raise
         except Exception as e:  # TVM importer/compiler errors: one line naming the backend
             lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
-            raise BackendError(f"tvm-cpu: TVM could not compile the model: {lines[-1] if lines else type(e).__name__}"
+            raise BackendError(f"{self.name}: TVM could not compile the model: {lines[-1] if lines else type(e).__name__}"
                                + _bind_hint(model)) from e
         text = pipeline_text + ("\n" if pipeline_text else "") + "[tvm]\n" + lower.pipeline_text(tgt, schedule=schedule, database=database)
         fill_artifact_dir(
