@@ -158,6 +158,22 @@ def _pick_vector_factor(extent: int, lanes: int) -> int:
     return max(full) if full else max(d for d in divs if d <= lanes)
 
 
+def _schedule_leftover_blocks(sch: s_tir.Schedule, red_name: str, lanes: int) -> None:
+    """Parallelise + vectorise every root block other than the reduction ``red_name`` (and its
+    init/local copies) that is not parallel yet: pads, epilogues that would not inline."""
+    red_like = {red_name, red_name + "_init", red_name + "_local"}
+    for b in sch.get_child_blocks(sch.get_sblock("root")):
+        if sch.get(b).name_hint in red_like:
+            continue
+        loops = sch.get_loops(b)
+        if loops and sch.get(loops[0]).kind == tirx.ForKind.PARALLEL:
+            continue
+        try:
+            _parallel_vectorize_block(sch, b, lanes, 64)
+        except Exception:  # a block that cannot be split this way stays serial (correct, slower)
+            pass
+
+
 class ParallelVectorize(ScheduleRule):
     """Fuse + parallelise outer spatial loops and vectorise the innermost one, for every block."""
 
@@ -351,17 +367,7 @@ class TiledReduction(ScheduleRule):
             sch.vectorize(v_inner)
 
         # 4. Anything left (pads, an epilogue that would not inline): parallel + vectorise.
-        red_like = {red_name, red_name + "_init", red_name + "_local"}
-        for b in sch.get_child_blocks(sch.get_sblock("root")):
-            if sch.get(b).name_hint in red_like:
-                continue
-            loops_b = sch.get_loops(b)
-            if loops_b and sch.get(loops_b[0]).kind == tirx.ForKind.PARALLEL:
-                continue
-            try:
-                _parallel_vectorize_block(sch, b, lanes, 64)
-            except Exception:
-                pass
+        _schedule_leftover_blocks(sch, red_name, lanes)
         return sch
 
 
@@ -480,17 +486,7 @@ class DepthwiseConv(ScheduleRule):
                         else:
                             sch.vectorize(sch.split(ploops[-1], factors=[None, f])[1])
 
-        red_like = {red_name, red_name + "_init", red_name + "_local"}
-        for b in sch.get_child_blocks(sch.get_sblock("root")):
-            if sch.get(b).name_hint in red_like:
-                continue
-            lb = sch.get_loops(b)
-            if lb and sch.get(lb[0]).kind == tirx.ForKind.PARALLEL:
-                continue
-            try:
-                _parallel_vectorize_block(sch, b, lanes, 64)
-            except Exception:
-                pass
+        _schedule_leftover_blocks(sch, red_name, lanes)
         return sch
 
 
