@@ -19,9 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -52,28 +49,6 @@ def _feeds_and_pipeline(name: str, inputs: dict) -> tuple[dict, str]:
         return inputs, "canonicalize"
     bound = corpus.BOUND_INPUTS.get(name, {})
     return {k: v for k, v in inputs.items() if k not in bound}, corpus.tvm_passes(name)
-
-
-def _start_tracker() -> tuple[subprocess.Popen, str]:
-    """A TVM RPC tracker on a free loopback port; returns (process, "127.0.0.1:PORT")."""
-    from tvm import rpc
-
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    proc = subprocess.Popen([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port),
-                             "--port-end", str(port + 1)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            rpc.connect_tracker("127.0.0.1", port).summary()
-            return proc, f"127.0.0.1:{port}"
-        except Exception:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("rpc_tracker did not come up") from None
-            time.sleep(0.2)
 
 
 def _run_remote(art: Path, inputs: dict, how: dict, repeat: int, session_timeout: float):
@@ -148,23 +123,18 @@ def main() -> int:
                     rows.append((name, target, "-", f"{tc:.1f}", "-", "-", (why[-1] if why else "failed")[:90]))
                     continue
                 for via in vias:
-                    tracker = None
                     try:
                         if via == "rpc":
                             got, stats = _run_remote(out, feeds, {"rpc": f"{host}:{port}"}, args.repeat,
                                                      args.session_timeout)
                         else:
-                            tracker, taddr = _start_tracker()
-                            with device.EmulatorLease(port=args.port + 1, tracker=taddr, key="lepton-bench"):
+                            with device.host_tracker() as taddr, \
+                                    device.EmulatorLease(port=args.port + 1, tracker=taddr, key="lepton-bench"):
                                 got, stats = _run_remote(out, feeds, {"tracker": taddr, "key": "lepton-bench"},
                                                          args.repeat, args.session_timeout)
                     except Exception as e:  # noqa: BLE001
                         rows.append((name, target, via, f"{tc:.1f}", "-", "-", str(e).splitlines()[-1][:90]))
                         continue
-                    finally:
-                        if tracker is not None:
-                            os.killpg(tracker.pid, signal.SIGTERM)
-                            tracker.wait(timeout=10)
                     # rtol 1e-3 / atol 1e-4, or the sensitivity bound for ill-conditioned models
                     err, ok, why = judge(path, inputs, [np.asarray(a) for a in ref], list(got.values()))
                     status = ("ok" if not why else "ok (ill-conditioned, see tvm_models.judge)") if ok else "MISMATCH"

@@ -803,6 +803,54 @@ def ensure_emulator(
     return LOOPBACK, port
 
 
+@contextlib.contextmanager
+def host_tracker(timeout: float = 30.0) -> Iterator[str]:
+    """A TVM RPC tracker on a free loopback port for the duration of the block; yields its address.
+
+    Used to register an emulated device under a key (``EmulatorLease(tracker=..., key=...)``) the
+    way boards are shared. Ready means it answers its protocol, not just accepts TCP.
+
+    Raises:
+        DeviceError: the tracker exited or did not answer within ``timeout`` seconds.
+    """
+    from tvm import rpc
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port),
+         "--port-end", str(port + 1)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            # A plain TCP probe first (rpc.connect_tracker would sleep 5 s between its own retries),
+            # then a real request: the tracker is only ready once it answers its protocol.
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=3).close()
+                rpc.connect_tracker("127.0.0.1", port).summary()
+                break
+            except Exception:
+                if proc.poll() is not None:
+                    raise DeviceError("rpc_tracker exited") from None
+                if time.monotonic() > deadline:
+                    raise DeviceError("rpc_tracker did not come up") from None
+                time.sleep(0.2)
+        yield f"127.0.0.1:{port}"
+    finally:
+        # The tracker serves from a popen_worker child: end the whole group, not just the leader.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
 class EmulatorLease:
     """Share one emulator among processes; the last lease holder to leave stops it.
 

@@ -12,12 +12,8 @@ Shares the device with tests/device/test_emulator.py: 127.0.0.1:$LEPTON_DEVICE_T
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -116,30 +112,12 @@ def test_model_on_device(emulator, arm_artifact, name, target, request) -> None:
 
 def test_model_through_tracker(arm_artifact) -> None:
     """A host RPC tracker, an emulated server registered under a key, RemoteRunner asking for it."""
-    from tvm import rpc
-
     from lepton.remote import RemoteError, RemoteRunner
 
     _require_host_packages()
     art, inputs, ref = arm_artifact("digits", "cortex-a72")
-    tracker_port, server_port = _free_port(), _free_port()
-    tracker = subprocess.Popen(
-        [sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1",
-         "--port", str(tracker_port), "--port-end", str(tracker_port + 1)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", tracker_port), timeout=3).close()
-                rpc.connect_tracker("127.0.0.1", tracker_port).summary()
-                break
-            except Exception:
-                assert tracker.poll() is None, "rpc_tracker exited"
-                assert time.monotonic() < deadline, "rpc_tracker did not come up"
-                time.sleep(0.2)
-        tracker_addr = f"127.0.0.1:{tracker_port}"
+    server_port = _free_port()
+    with device.host_tracker() as tracker_addr:
         with pytest.raises(RemoteError, match="no device with key 'no-such-key'"):
             RemoteRunner(art, tracker=tracker_addr, key="no-such-key")
         with device.EmulatorLease(port=server_port, tracker=tracker_addr, key=TRACKER_KEY):
@@ -148,9 +126,6 @@ def test_model_through_tracker(arm_artifact) -> None:
             with RemoteRunner(art, tracker=tracker_addr, key=TRACKER_KEY, session_timeout=120) as r:
                 assert r.address == f"tracker {tracker_addr} key {TRACKER_KEY}"
                 _assert_matches(r.run(inputs), ref)
-    finally:
-        os.killpg(tracker.pid, signal.SIGTERM)
-        tracker.wait(timeout=10)
 
 
 # ------------------------------------------------------------------------------------------------

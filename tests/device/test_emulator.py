@@ -12,11 +12,8 @@ take over a user's emulator on 9090; the tracker test picks free ports.
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -132,35 +129,15 @@ def test_conv_gemm_through_tracker(conv_gemm) -> None:
 
     _require_host_packages()
     lib, x, ref = conv_gemm
-    tracker_port, server_port = _free_port(), _free_port()
-    tracker = subprocess.Popen(
-        [sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1",
-         "--port", str(tracker_port), "--port-end", str(tracker_port + 1)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            # A plain TCP probe first (rpc.connect_tracker would sleep 5 s between its own retries),
-            # then a real request: the tracker is only ready once it answers its protocol.
-            try:
-                socket.create_connection(("127.0.0.1", tracker_port), timeout=3).close()
-                rpc.connect_tracker("127.0.0.1", tracker_port).summary()
-                break
-            except Exception:
-                assert tracker.poll() is None, "rpc_tracker exited"
-                assert time.monotonic() < deadline, "rpc_tracker did not come up"
-                time.sleep(0.2)
-        with device.EmulatorLease(port=server_port, tracker=f"127.0.0.1:{tracker_port}", key=TRACKER_KEY):
+    server_port = _free_port()
+    with device.host_tracker() as tracker_addr:
+        tracker_port = int(tracker_addr.rsplit(":", 1)[1])
+        with device.EmulatorLease(port=server_port, tracker=tracker_addr, key=TRACKER_KEY):
             remote = rpc.connect_tracker("127.0.0.1", tracker_port).request(TRACKER_KEY, session_timeout=120)
             out = _run_remote(remote, lib, x)
             np.testing.assert_allclose(out, ref, rtol=RTOL, atol=ATOL)
             del remote  # close the session before the server goes away
         assert device.server_info(server_port) is None  # the lease stopped it
-    finally:
-        # The tracker serves from a popen_worker child: end the whole group, not just the leader.
-        os.killpg(tracker.pid, signal.SIGTERM)
-        tracker.wait(timeout=10)
 
 
 # ------------------------------------------------------------------------------------------------
