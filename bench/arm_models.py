@@ -47,8 +47,7 @@ def _feeds_and_pipeline(name: str, inputs: dict) -> tuple[dict, str]:
 
     if name == "digits":
         return inputs, "canonicalize"
-    bound = corpus.BOUND_INPUTS.get(name, {})
-    return {k: v for k, v in inputs.items() if k not in bound}, corpus.tvm_passes(name)
+    return corpus.tvm_feeds(name, inputs), corpus.tvm_passes(name)
 
 
 def _run_remote(art: Path, inputs: dict, how: dict, repeat: int, session_timeout: float):

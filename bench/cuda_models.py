@@ -41,8 +41,7 @@ def _model(name: str) -> tuple[Path, dict[str, list[int]], str]:
 
     if name == "digits":
         return corpus.digits_model_path(), {"image": [1, 1, 8, 8]}, "canonicalize"
-    bound = corpus.BOUND_INPUTS.get(name, {})
-    shapes = {k: list(v.shape) for k, v in corpus.realistic_inputs(name, batch=1).items() if k not in bound}
+    shapes = {k: list(v.shape) for k, v in corpus.tvm_feeds(name, corpus.realistic_inputs(name, batch=1)).items()}
     return corpus.real_model_path(name), shapes, corpus.tvm_passes(name)
 
 

@@ -121,10 +121,9 @@ def run_one(name: str, out_root: Path) -> dict:
     path, inputs = model_and_inputs(name)
     m = onnx.load(str(path), load_external_data=False)
     row = {"model": name, "nodes": len(m.graph.node), "compile_s": None, "max_abs_err": None, "ok": False, "reason": ""}
-    from lepton_ir.testing.corpus import BOUND_INPUTS, tvm_passes
+    from lepton_ir.testing.corpus import tvm_feeds, tvm_passes
 
-    bound = BOUND_INPUTS.get(name, {})
-    feeds = {k: v for k, v in inputs.items() if k not in bound}  # bound inputs are compiled in
+    feeds = tvm_feeds(name, inputs)  # bound inputs are compiled in
     shapes = {k: list(v.shape) for k, v in feeds.items()}
     out = out_root / name
     t0 = time.perf_counter()

@@ -57,6 +57,7 @@ __all__ = [
     "magika_features",
     "BOUND_INPUTS",
     "tvm_passes",
+    "tvm_feeds",
     "ConformanceCase",
     "conformance_cases",
     "conformance_tolerances",
@@ -642,6 +643,12 @@ def tvm_passes(name: str) -> str:
         return "canonicalize"
     values = ",".join(f'"{k}={v}"' for k, v in bound.items())
     return f"bind-inputs{{values=[{values}]}},canonicalize"
+
+
+def tvm_feeds(name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``inputs`` without the ones :func:`tvm_passes` binds: what the compiled artifact takes."""
+    bound = BOUND_INPUTS.get(name, {})
+    return {k: v for k, v in inputs.items() if k not in bound}
 
 
 def realistic_inputs(name: str, batch: int = 1, seed: int = 0) -> dict[str, np.ndarray]:

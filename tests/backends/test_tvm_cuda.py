@@ -32,8 +32,8 @@ def _model(name: str):
         path = corpus.real_model_path(name)
     except FileNotFoundError as e:
         pytest.skip(f"{name} is not fetched ({e})")
-    bound = corpus.BOUND_INPUTS.get(name, {})  # compiled in by bind-inputs (corpus.tvm_passes)
-    return path, {k: list(v.shape) for k, v in corpus.realistic_inputs(name, batch=1).items() if k not in bound}
+    # bound inputs are compiled in by bind-inputs (corpus.tvm_passes)
+    return path, {k: list(v.shape) for k, v in corpus.tvm_feeds(name, corpus.realistic_inputs(name, batch=1)).items()}
 
 
 # Every real model (bench/cuda_models.py sweeps them all with timings); all but the two quick
