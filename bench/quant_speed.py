@@ -217,7 +217,7 @@ def _tvm_vm(model: "lepton_ir.Model", shapes: dict[str, list[int]], integer: boo
         for name in ("lower-fused-to-standard", "legalize", "canonicalize"):
             get_pass(name)().run(work)
             work.graph.sort()
-    mod = lower.to_relax(lepton_ir.to_onnx(work), shapes)
+    mod = lower.to_relax(lepton_ir.to_onnx(work), shapes, target="native")
     vm = relax.VirtualMachine(lower.build(mod, "native"), tvm.cpu())
     names = [v.name for v in model.graph.inputs if v.name not in model.graph.initializers]
 

@@ -253,7 +253,11 @@ class RemoteRunner:
 
     def close(self) -> None:
         """Drop the session (the RPC server serves one session at a time)."""
+        # Every reference to the session must go: the remote device object holds it too (its
+        # `_rpc_sess`), and while it lives the server keeps serving this session and accepts no
+        # other (a second RemoteRunner in the same process then waited forever in connect).
         self._runner = None  # type: ignore[assignment]
+        self.device = None
         self.remote = None
         import gc
 

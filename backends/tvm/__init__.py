@@ -53,11 +53,11 @@ __all__ = [
 ]
 
 
-def to_relax(model, input_shapes=None):
+def to_relax(model, input_shapes=None, target=None):
     """See :func:`lepton_backends.tvm.lower.to_relax`."""
     from .lower import to_relax as _to_relax
 
-    return _to_relax(model, input_shapes)
+    return _to_relax(model, input_shapes, target)
 
 
 def build(mod, target, **kwargs):
@@ -125,7 +125,7 @@ def compile_model(
     from . import lower
 
     tgt = resolve_target(target)
-    mod = lower.to_relax(model, input_shapes)
+    mod = lower.to_relax(model, input_shapes, target=tgt)
     inputs, outputs = io_specs(model, mod)
     ex = lower.build(mod, tgt, schedule=schedule, database=database)
     return write_artifact(

@@ -84,7 +84,7 @@ class TvmCpuBackend(Backend):
             export_cc = tvm.support.cc.cross_compiler(cc)
         onnx_model = lepton_ir.to_onnx(prepare_for_tvm(model, _parse_shapes(options.get("input-shapes"))))
         try:
-            mod = lower.to_relax(onnx_model, _parse_shapes(options.get("input-shapes")))
+            mod = lower.to_relax(onnx_model, _parse_shapes(options.get("input-shapes")), target=tgt)
             inputs, outputs = io_specs(onnx_model, mod)
             if db_dir is not None:
                 database = _tuned_database(mod, tgt, db_dir, tune_trials, _tuning_runner(options, bool(export_cc)),

@@ -26,9 +26,14 @@ ConvInteger (the integer conv that ``qdq-to-integer`` emits for quant8's QDQ Con
 
 from __future__ import annotations
 
+import contextvars
 from typing import Any, Callable
 
 import numpy as np
+
+#: The int8 dot-product intrinsic of the target being imported for (None: generic int8 lowering);
+#: set by :func:`from_onnx` for the duration of one import.
+_INT8_INTRIN: contextvars.ContextVar = contextvars.ContextVar("lepton_int8_intrin", default=None)
 
 
 def _is_zero_const(expr: Any) -> bool:
@@ -68,6 +73,15 @@ def convert_conv_integer(bb, inputs, attr: dict, params) -> Any:
         raise tvm.error.OpNotImplemented(f"ConvInteger with a rank-{ndim} input")
     op, data_layout, kernel_layout = ops[ndim]
     nsp = ndim - 2
+    strides = list(attr.get("strides", [1] * nsp))
+    dilations = list(attr.get("dilations", [1] * nsp))
+    w_shape = [int(d) for d in w.ty.shape.values] if all(
+        isinstance(d, tvm.tirx.IntImm) for d in w.ty.shape.values) else None
+    kernel = list(attr.get("kernel_shape", w_shape[2:] if w_shape else []))
+    pads = _conv_pads(x, attr, kernel, strides, dilations, nsp)
+    fast = _tensorized_conv(bb, x, x_zp, w, w_zp, attr, strides, pads, dilations)
+    if fast is not None:
+        return fast
     if not _is_zero_const(x_zp):
         # Centre in int16: exact for both 8-bit types, and the conv's zero padding is then x_zp.
         x = bb.normalize(relax.op.subtract(relax.op.astype(x, "int16"), relax.op.astype(x_zp, "int16")))
@@ -83,24 +97,94 @@ def convert_conv_integer(bb, inputs, attr: dict, params) -> Any:
             wz = relax.op.reshape(wz, [-1] + [1] * (ndim - 1))
         w = relax.op.subtract(w, wz)
     w = bb.normalize(w)
-    strides = list(attr.get("strides", [1] * nsp))
-    dilations = list(attr.get("dilations", [1] * nsp))
-    kernel = list(attr.get("kernel_shape", [int(d) for d in w.ty.shape.values[2:]]))
+    return op(x, w, strides=strides, padding=pads, dilation=dilations, groups=int(attr.get("group", 1)),
+              data_layout=data_layout, kernel_layout=kernel_layout, out_dtype="int32")
+
+
+def _conv_pads(x, attr: dict, kernel: list[int], strides: list[int], dilations: list[int], nsp: int) -> list[int]:
+    """ConvInteger's explicit [begin..., end...] pads, resolving ``auto_pad``."""
+    import tvm
+
     pads = list(attr.get("pads", [0] * (2 * nsp)))
     auto_pad = attr.get("auto_pad", b"NOTSET")
     auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
     if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
         shape = [int(d) for d in x.ty.shape.values[2:]] if all(
             isinstance(d, tvm.tirx.IntImm) for d in x.ty.shape.values[2:]) else None
-        if shape is None:
+        if shape is None or len(kernel) != nsp:
             raise tvm.error.OpAttributeInvalid("ConvInteger auto_pad=SAME_* needs static spatial dims")
-        pads = _static_same_pads(shape, kernel, strides, dilations, auto_pad == "SAME_LOWER")
-    elif auto_pad == "VALID":
-        pads = [0] * (2 * nsp)
-    elif auto_pad != "NOTSET":
+        return _static_same_pads(shape, kernel, strides, dilations, auto_pad == "SAME_LOWER")
+    if auto_pad == "VALID":
+        return [0] * (2 * nsp)
+    if auto_pad != "NOTSET":
         raise tvm.error.OpAttributeInvalid(f"ConvInteger auto_pad={auto_pad!r}")
-    return op(x, w, strides=strides, padding=pads, dilation=dilations, groups=int(attr.get("group", 1)),
-              data_layout=data_layout, kernel_layout=kernel_layout, out_dtype="int32")
+    return pads
+
+
+def _const_weight(w, w_zp) -> np.ndarray | None:
+    """The constant weight with its (constant) zero point subtracted, or None if not constant."""
+    import tvm
+
+    if not isinstance(w, tvm.ir.GenericConst):
+        return None
+    value = w.value.numpy().astype(np.int32)
+    if w_zp is not None:
+        if not isinstance(w_zp, tvm.ir.GenericConst):
+            return None
+        zp = w_zp.value.numpy().astype(np.int32)
+        if zp.ndim == 1 and value.ndim >= 2 and zp.size > 1:  # per output channel (Conv: axis 0)
+            zp = zp.reshape([-1] + [1] * (value.ndim - 1))
+        value = value - zp
+    if value.min(initial=0) < -128 or value.max(initial=0) > 127:
+        return None  # a centred u8 weight can exceed int8: generic path
+    return value.astype(np.int8)
+
+
+def _tensorized_conv(bb, x, x_zp, w, w_zp, attr, strides, pads, dilations):
+    """ConvInteger on the target's int8 dot-product instructions (int8_kernels), or None."""
+    from . import int8_kernels
+
+    intrin = _INT8_INTRIN.get()
+    if intrin is None or int(attr.get("group", 1)) != 1 or x.ty.ndim != 4:
+        return None
+    weight = _const_weight(w, w_zp)
+    if weight is None:
+        return None
+    return int8_kernels.conv2d(bb, x, x_zp, weight, strides=strides, pads=pads, dilations=dilations,
+                               intrin=intrin)
+
+
+def convert_matmul_integer(bb, inputs, attr: dict, params) -> Any:
+    """ONNX MatMulInteger: the tensorized kernel (int8_kernels) for a constant 2-D weight on a
+    target with int8 dot products, else TVM's own converter."""
+    from tvm.relax.frontend.onnx import onnx_frontend as of
+
+    from . import int8_kernels
+
+    intrin = _INT8_INTRIN.get()
+    a, b = inputs[0], inputs[1]
+    a_zp = inputs[2] if len(inputs) > 2 else None
+    b_zp = inputs[3] if len(inputs) > 3 else None
+    if intrin is not None and b.ty.ndim == 2:
+        if b_zp is not None and hasattr(b_zp, "ty") and b_zp.ty.ndim == 1:
+            import tvm
+
+            if isinstance(b_zp, tvm.ir.GenericConst):  # per column: broadcast over rows
+                b_zp = tvm.relax.const(b_zp.value.numpy().reshape(1, -1))
+        weight = _const_weight(b, b_zp)
+        if weight is not None:
+            fast = int8_kernels.matmul(bb, a, a_zp, weight, intrin=intrin)
+            if fast is not None:
+                return fast
+    return of._get_convert_map()["MatMulInteger"].get_converter(10)(bb, inputs, attr, params)
+
+
+class _MatMulIntegerConverter:
+    """Adapter with the ``get_converter(opset)`` interface TVM's importer calls."""
+
+    @classmethod
+    def get_converter(cls, opset: int) -> Callable:
+        return convert_matmul_integer
 
 
 class _ConvIntegerConverter:
@@ -112,7 +196,7 @@ class _ConvIntegerConverter:
 
 
 #: op type -> converter class (``get_converter(opset)``), consulted before TVM's own map.
-EXTRA_CONVERTERS: dict[str, Any] = {"ConvInteger": _ConvIntegerConverter}
+EXTRA_CONVERTERS: dict[str, Any] = {"ConvInteger": _ConvIntegerConverter, "MatMulInteger": _MatMulIntegerConverter}
 
 
 def _importer_class():
@@ -143,12 +227,20 @@ def _importer_class():
 
 
 def from_onnx(model, shape_dict=None, dtype_dict="float32", opset: int | None = None,
-              keep_params_in_input: bool = False, sanitize_input_names: bool = True):
-    """``tvm.relax.frontend.onnx.from_onnx`` with Lepton's extra converters (same arguments)."""
+              keep_params_in_input: bool = False, sanitize_input_names: bool = True, target: Any = None):
+    """``tvm.relax.frontend.onnx.from_onnx`` with Lepton's extra converters (same arguments), plus
+    ``target``: the ``tvm.target.Target`` compiled for, which picks the tensorized int8 kernels
+    (``int8_kernels.select``); None keeps integer ops on the generic lowering."""
     if model.ir_version < 3:
         raise ValueError(f"Model IR version {model.ir_version} not supported. Must be at least after 1.1.0.")
     if opset is None:
         opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
     importer = _importer_class()(shape_dict, dtype_dict, keep_params_in_input=keep_params_in_input,
                                  sanitize=sanitize_input_names)
-    return importer.from_onnx(model.graph, opset)
+    from . import int8_kernels
+
+    token = _INT8_INTRIN.set(int8_kernels.select(target))
+    try:
+        return importer.from_onnx(model.graph, opset)
+    finally:
+        _INT8_INTRIN.reset(token)

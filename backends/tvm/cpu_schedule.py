@@ -512,6 +512,23 @@ def _collapse_epilogue(sch: s_tir.Schedule, red_name: str):
     return consumers[0] if consumers else None
 
 
+class Int8Dot(ScheduleRule):
+    """The tensorized int8 conv/matmul kernels of :mod:`.int8_kernels` (recognised by their block
+    annotation; every other PrimFunc is declined)."""
+
+    def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool) -> s_tir.Schedule | None:
+        if not isinstance(func, tirx.PrimFunc) or target.kind.name != "llvm":
+            return None
+        from . import int8_kernels
+
+        sch = s_tir.Schedule(func)
+        if int8_kernels._find_block(sch) is None:
+            return None
+        # A schedule error here is a bug in the kernel/schedule pair, not "does not apply":
+        # raise so that tests see it instead of getting a silently slow generic schedule.
+        return int8_kernels.schedule(sch, vector_lanes(target))
+
+
 def default_cpu_rules() -> list[ScheduleRule]:
     """The rule list used for untuned CPU builds, most specific first."""
     from tvm.s_tir import dlight as dl
@@ -525,7 +542,7 @@ def default_cpu_rules() -> list[ScheduleRule]:
     # TiledReduction before dlight.cpu.Reduction, which also claims conv/pool + epilogue PrimFuncs
     # but only parallelises the batch axis (1 at inference), i.e. runs them single-threaded and
     # unvectorised.
-    return [DepthwiseConv(), TiledReduction(), dl.cpu.Reduction(), ParallelVectorize()]
+    return [Int8Dot(), DepthwiseConv(), TiledReduction(), dl.cpu.Reduction(), ParallelVectorize()]
 
 
 class Guarded(ScheduleRule):

@@ -101,13 +101,17 @@ def resolved_input_shapes(
     return out
 
 
-def to_relax(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = None) -> "tvm.IRModule":  # noqa: F821
+def to_relax(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = None,
+             target: Any = None) -> "tvm.IRModule":  # noqa: F821
     """Import an ONNX model into a Relax ``IRModule`` with weights bound as constants.
 
     Args:
         model: the ONNX model.
         input_shapes: optional ``{input name: shape}`` pinning symbolic dims (e.g. batch). Pinned
             shapes let TVM specialise every kernel; symbolic ones stay as Relax shape variables.
+        target: the target (preset name, dict or ``tvm.target.Target``) the module will be built
+            for. It selects the tensorized int8 kernels for ConvInteger/MatMulInteger
+            (``int8_kernels``); None lowers integer ops generically (any target can build that).
     """
     # TVM's importer plus the converters it lacks (ConvInteger; see converters.py).
     from .converters import from_onnx
@@ -117,7 +121,12 @@ def to_relax(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None =
     # their dim_params as Relax shape variables.
     shape_dict = {name: list(shape) for name, shape in shapes.items() if all(isinstance(d, int) for d in shape)}
     dtype_dict = {vi.name: onnx_dtype(vi) for vi in graph_inputs(model)}
-    mod = from_onnx(model, shape_dict=shape_dict, dtype_dict=dtype_dict, keep_params_in_input=False)
+    if target is not None and not hasattr(target, "kind"):
+        from .targets import resolve_target
+
+        target = resolve_target(target)
+    mod = from_onnx(model, shape_dict=shape_dict, dtype_dict=dtype_dict, keep_params_in_input=False,
+                    target=target)
     return mod
 
 

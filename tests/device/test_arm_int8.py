@@ -89,3 +89,35 @@ def test_quant8_digits_on_device_matches_host(emulator, tmp_path_factory, cpu, q
           f"bit-exact: {np.array_equal(got, host)}")
     assert err <= step * 1.001
     assert np.array_equal(got.argmax(1), host.argmax(1))
+
+
+def test_neoverse_n1_int8_kernels_use_sdot_and_sessions_close(emulator, tmp_path_factory) -> None:
+    """On a dotprod core the integer convs are the tensorized sdot kernels (read from the library's
+    disassembly; Cortex-A72 has no dotprod and none), and a closed RemoteRunner really ends its
+    session: a second one in the same process connects while the first object is still alive
+    (close() once kept the session through the remote device object and the next connect hung)."""
+    import shutil
+    import subprocess
+
+    from lepton_backends import get_backend
+    from lepton.remote import RemoteRunner
+
+    objdump = shutil.which("aarch64-linux-gnu-objdump")
+    assert objdump, "aarch64-linux-gnu-objdump (binutils of the cross compiler) is missing"
+    m = _quantized("x86", tmp_path_factory)
+    inputs = _inputs()
+    counts = {}
+    for cpu in ("cortex-a72", "neoverse-n1"):
+        art = tmp_path_factory.mktemp("sdot") / cpu
+        get_backend("tvm-arm")().compile(m, art, target=cpu,
+                                         options={"input-shapes": {"image": list(inputs["image"].shape)}})
+        asm = subprocess.run([objdump, "-d", str(art / "model.so")], capture_output=True, text=True, check=True).stdout
+        counts[cpu] = sum(1 for line in asm.splitlines() if "\tsdot\t" in line)
+    assert counts["cortex-a72"] == 0 and counts["neoverse-n1"] > 0, counts
+    first = RemoteRunner(art, rpc=f"{emulator[0]}:{emulator[1]}")
+    a = next(iter(first.run(inputs).values()))
+    first.close()
+    with RemoteRunner(art, rpc=f"{emulator[0]}:{emulator[1]}") as second:
+        b = next(iter(second.run(inputs).values()))
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, _host_int8("x86", tmp_path_factory))
