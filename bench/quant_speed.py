@@ -23,11 +23,15 @@ target, search-free schedules, TVM_NUM_THREADS=2), timed round-robin with ORT fl
 
 * ``tvm-float``           the float model;
 * ``tvm-int8``            quant8 (same settings as above) through tvm-cpu's default path:
-                          ``qdq-to-integer`` -> ConvInteger/MatMulInteger -> Relax conv2d/matmul on
-                          8-bit data with int32 accumulation, float requantization;
+                          ``qdq-to-integer`` -> ConvInteger/MatMulInteger -> the tensorized int8
+                          kernels of backends/tvm/int8_kernels.py (AVX2 vpmaddubsw/vpmaddwd here;
+                          ``LEPTON_TVM_INT8_DOT=0`` for the generic int32 loops), float requantization;
+* ``ort-static``          ONNX Runtime running ``quantize_static``'s model of the same float model
+                          with the same samples (``tvm_int8_vs_ort_static`` = its time / tvm-int8's);
 * ``tvm-qdq-float``       the same QDQ model imported without ``qdq-to-integer`` (what tvm-cpu did
                           before: TVM's importer makes float conv/matmul between dequantize/quantize);
-* for minilm-l3 also ``tvm-int8-dynamic``: quant8-dynamic (DynamicQuantizeLinear + MatMulInteger).
+* for minilm-l3 also ``tvm-int8-dynamic``: quant8-dynamic (DynamicQuantizeLinear + MatMulInteger),
+  and ``ort-dynamic``: ONNX Runtime running ``quantize_dynamic``'s model.
 
 Results under ``<model>.tvm`` in the JSON.
 """
@@ -128,11 +132,29 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
 
 
+def _ort_static(proto_path: str, calib_feeds: list[dict], d: str) -> str:
+    """ONNX Runtime's own static quantizer on the same samples, per-channel and reduce_range like
+    ours on x86 (QDQ, u8 activations, s8 weights); returns the model's path under ``d``."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    out = os.path.join(d, "ort_static.onnx")
+    quantize_static(proto_path, out, _Reader(calib_feeds), quant_format=QuantFormat.QDQ, per_channel=True,
+                    reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax)
+    return out
+
+
+def _ort_dynamic(proto_path: str, d: str) -> str:
+    """ONNX Runtime's quantize_dynamic (per-channel, reduce_range); returns the model's path."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out = os.path.join(d, "ort_dynamic.onnx")
+    quantize_dynamic(proto_path, out, per_channel=True, reduce_range=True, weight_type=QuantType.QInt8)
+    return out
+
+
 def bench(name: str, proto_path: str, calib_feeds: list[dict], feed: dict, repeat: int, out_index: int,
           transformer: bool = False) -> dict:
-    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType, quantize_dynamic,
-                                          quantize_static)
-
     res: dict = {}
     variants: dict[str, bytes | str] = {"ort-float": proto_path}
     with tempfile.TemporaryDirectory() as d:
@@ -146,20 +168,14 @@ def bench(name: str, proto_path: str, calib_feeds: list[dict], feed: dict, repea
         res["lepton_quant8_seconds"] = round(time.perf_counter() - t0, 1)
         variants["lepton-quant8"] = lepton_ir.to_onnx(m).SerializeToString()
         # ONNX Runtime's own static quantizer, same samples, per-channel and reduce_range like ours.
-        ort_q = os.path.join(d, "ort_static.onnx")
         t0 = time.perf_counter()
-        quantize_static(proto_path, ort_q, _Reader(calib_feeds), quant_format=QuantFormat.QDQ, per_channel=True,
-                        reduce_range=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax)
+        variants["ort-static"] = _ort_static(proto_path, calib_feeds, d)
         res["ort_static_seconds"] = round(time.perf_counter() - t0, 1)
-        variants["ort-static"] = ort_q
         if transformer:
             dm = lepton_ir.load(proto_path)
             Quant8Dynamic().run(dm)
             variants["lepton-quant8-dynamic"] = lepton_ir.to_onnx(dm).SerializeToString()
-            ort_d = os.path.join(d, "ort_dynamic.onnx")
-            quantize_dynamic(proto_path, ort_d, per_channel=True, reduce_range=True, weight_type=QuantType.QInt8)
-            variants["ort-dynamic"] = ort_d
+            variants["ort-dynamic"] = _ort_dynamic(proto_path, d)
         # All sessions first, then timed round-robin (one run of each variant per round), so that
         # load from other processes on a shared machine hits every variant alike.
         sessions = {label: _session(data) for label, data in variants.items()}
@@ -249,6 +265,12 @@ def bench_tvm(name: str, proto_path: str, calib_feeds: list[dict], feed: dict, r
             # which pin_input_shapes cannot read; the reloaded model has proper types.
             models["tvm-int8-dynamic"] = (lepton_ir.load(lepton_ir.to_onnx(dm)), True)
         fns: dict = {"ort-float": (lambda s=_session(proto_path): s.run(None, feed))}
+        # ONNX Runtime's own int8 models in the same timed run: the "no slower than ORT" goal.
+        ort_static = _session(_ort_static(proto_path, calib_feeds, d))
+        fns["ort-static"] = lambda: ort_static.run(None, feed)
+        if transformer:
+            ort_dynamic = _session(_ort_dynamic(proto_path, d))
+            fns["ort-dynamic"] = lambda: ort_dynamic.run(None, feed)
         for label, (m, integer) in models.items():
             t0 = time.perf_counter()
             fn = _tvm_vm(m, shapes, integer)
@@ -272,6 +294,10 @@ def bench_tvm(name: str, proto_path: str, calib_feeds: list[dict], feed: dict, r
             res[label]["speedup_vs_tvm_float"] = round(f / res[label]["median_ms"], 2)
         # The integer path's agreement with ORT running the same QDQ model (its integer kernels).
         q_ort = _session(lepton_ir.to_onnx(qm).SerializeToString()).run(None, feed)[out_index]
+        res["tvm_int8_vs_ort_static"] = round(res["ort-static"]["median_ms"] / res["tvm-int8"]["median_ms"], 2)
+        if transformer:
+            res["tvm_int8_dynamic_vs_ort_dynamic"] = round(
+                res["ort-dynamic"]["median_ms"] / res["tvm-int8-dynamic"]["median_ms"], 2)
         res["tvm_int8_max_abs_diff_vs_ort_qdq"] = float(np.max(np.abs(outs["tvm-int8"][out_index] - q_ort)))
         res["cpu_flags"] = _cpu_isa()
     res["load_average_1min"] = os.getloadavg()[0]
