@@ -176,19 +176,16 @@ def bench(name: str, proto_path: str, calib_feeds: list[dict], feed: dict, repea
             Quant8Dynamic().run(dm)
             variants["lepton-quant8-dynamic"] = lepton_ir.to_onnx(dm).SerializeToString()
             variants["ort-dynamic"] = _ort_dynamic(proto_path, d)
-        # All sessions first, then timed round-robin (one run of each variant per round), so that
-        # load from other processes on a shared machine hits every variant alike.
+        # All sessions first, then timed in alternating blocks (bench/timing.py): load from other
+        # processes hits every variant alike, and no session is timed while another one's
+        # threads still spin. (Strict one-call round-robin, used before, let each ORT session's
+        # spinning workers slow the next: ORT float on the ResNet read 55 ms instead of 21.)
+        from timing import timed_blocks
+
         sessions = {label: _session(data) for label, data in variants.items()}
         outs = {label: sess.run(None, feed) for label, sess in sessions.items()}
-        for _ in range(2):
-            for sess in sessions.values():
-                sess.run(None, feed)
-        times: dict[str, list[float]] = {label: [] for label in variants}
-        for _ in range(repeat):
-            for label, sess in sessions.items():
-                t0 = time.perf_counter()
-                sess.run(None, feed)
-                times[label].append(time.perf_counter() - t0)
+        fns = {label: (lambda sess=sess: sess.run(None, feed)) for label, sess in sessions.items()}
+        times = {k: [t / 1000.0 for t in v] for k, v in timed_blocks(fns, repeat, warmup=2).items()}
         ref = outs["ort-float"][out_index]
         for label, data in variants.items():
             data_b = data if isinstance(data, bytes) else Path(data).read_bytes()
@@ -363,7 +360,9 @@ def main() -> int:
                     r["tvm"] = bench_tvm(name, path, cal, feed, args.repeat, 3, transformer=True)
             else:
                 raise SystemExit(f"unknown model {name}")
-            results[name] = {**results.get(name, {}), **r} if args.tvm_only else r
+            # A run without --tvm keeps the model's earlier TVM section (and --tvm-only its ORT one).
+            keep = results.get(name, {}) if args.tvm_only else {k: v for k, v in results.get(name, {}).items() if k == "tvm"}
+            results[name] = {**keep, **r}
             print(f"== {name}")
             for k, v in r.items():
                 print(f"  {k:<24} {json.dumps(v)}")
