@@ -218,9 +218,9 @@ def conv2d(bb, x: Any, x_zp: Any, w: np.ndarray, *, strides, pads, dilations, in
 
     if x.ty.ndim != 4 or w.ndim != 4 or str(x.ty.dtype) not in ("uint8", "int8"):
         return None
-    shape = [d for d in x.ty.shape.values]
-    if not all(isinstance(d, tvm.tirx.IntImm) for d in shape):
-        return None
+    shape = list(getattr(x.ty.shape, "values", None) or [])
+    if len(shape) != 4 or not all(isinstance(d, tvm.tirx.IntImm) for d in shape):
+        return None  # unknown or symbolic dims: generic path
     n, c, h, wd = (int(d) for d in shape)
     f, cw, kh, kw = w.shape
     if cw != c or f % intrin.lanes or not _weights_ok(w, intrin):
@@ -249,7 +249,10 @@ def conv2d(bb, x: Any, x_zp: Any, w: np.ndarray, *, strides, pads, dilations, in
 
         def staged(i, y, x_, ch):
             inside = tvm.tirx.all(y >= pt, y < pt + h, x_ >= pl, x_ < pl + wd, ch < c)
-            v = xt[i, tvm.tirx.min(ch, c - 1), y - pt, x_ - pl]
+            # Every index clamped in range: the guard below selects the pad value for the
+            # outside taps, and the load stays in bounds even if the select is evaluated eagerly.
+            v = xt[i, tvm.tirx.min(ch, c - 1), tvm.tirx.max(tvm.tirx.min(y - pt, h - 1), 0),
+                   tvm.tirx.max(tvm.tirx.min(x_ - pl, wd - 1), 0)]
             v = (v.astype("int16") + shift).astype(act) if shift else v
             return tvm.tirx.if_then_else(inside, v, pad_value)
 
@@ -290,10 +293,11 @@ def matmul(bb, a: Any, a_zp: Any, b: np.ndarray, *, intrin: DotIntrin) -> Any | 
     if b.ndim != 2 or str(a.ty.dtype) not in ("uint8", "int8") or a.ty.ndim < 1:
         return None
     k, nn = b.shape
-    lead = [d for d in a.ty.shape.values[:-1]]
-    if int(a.ty.shape.values[-1]) != k or nn % intrin.lanes or not _weights_ok(b, intrin):
-        return None
-    if not all(isinstance(d, tvm.tirx.IntImm) for d in lead):
+    dims = list(getattr(a.ty.shape, "values", None) or [])
+    if not dims or not all(isinstance(d, tvm.tirx.IntImm) for d in dims):
+        return None  # unknown or symbolic dims (a dynamic batch not pinned): generic path
+    lead = dims[:-1]
+    if int(dims[-1]) != k or nn % intrin.lanes or not _weights_ok(b, intrin):
         return None
     if not lead:
         return None  # a 1-D activation (vector x matrix): generic path
