@@ -4,10 +4,11 @@ Pipeline (CPU; see :func:`pipeline_passes`)::
 
     DecomposeOpsForInference, CanonicalizeBindings      # BN -> arithmetic on constants
     DispatchSampling, DispatchSortScan                  # TVM's library dispatch for CPU
+    LeptonFastErf                                       # erf -> fast_erf polynomial (fast_erf_pass)
     LegalizeOps, AnnotateTIROpPattern, FoldConstant,    # ops -> TIR, fold weight transforms
     FuseOps, FuseTIR                                    # conv/matmul + elementwise epilogue fusion
     [MetaScheduleApplyDatabase]                         # tuned kernels, when a database is given
-    ApplyDefaultSchedule(DepthwiseConv, TiledReduction,
+    ApplyDefaultSchedule(Int8Dot, DepthwiseConv, TiledReduction,
                          dlight.cpu.Reduction, ParallelVectorize)   # see cpu_schedule.py
     RewriteDataflowReshape ... VMShapeLower, AttachGlobalSymbol  # TVM's CPU lowering/finalize
 
