@@ -50,6 +50,15 @@ ANNOTATION = "lepton.int8_dot"
 KIND = "lepton.int8_kind"
 _BLOCK = "lepton_int8_dot"
 
+#: Smallest conv reduction (input channels x kernel taps) that gets the tensorized kernel. Its
+#: per-call input copy (NCHW -> padded NHWC) and channel-innermost register tile cost time
+#: proportional to the input and output sizes; with few products per output that overhead wins.
+#: Measured on this host (AVX2, 2 threads), tensorized vs generic int8 path, ms:
+#: 1x1 16->32 @240x320 1.86 vs 0.94; 1x1 12->96 @120x160 1.31 vs 0.74; 1x1 96->24 @120x160
+#: 0.87 vs 0.75; 1x1 64->256 @56 1.32 vs 1.14; but 1x1 128->512 @28 0.79 vs 1.37, 1x1 256->256
+#: @14 0.14 vs 0.34, 3x3 32->32 @112 1.19 vs 1.87, 3x3 64->64 @56 0.93 vs ~2.
+MIN_CONV_REDUCTION = 128
+
 
 @dataclass(frozen=True)
 class DotIntrin:
@@ -223,7 +232,7 @@ def conv2d(bb, x: Any, x_zp: Any, w: np.ndarray, *, strides, pads, dilations, in
         return None  # unknown or symbolic dims: generic path
     n, c, h, wd = (int(d) for d in shape)
     f, cw, kh, kw = w.shape
-    if cw != c or f % intrin.lanes or not _weights_ok(w, intrin):
+    if cw != c or f % intrin.lanes or not _weights_ok(w, intrin) or c * kh * kw < MIN_CONV_REDUCTION:
         return None
     shift = _shift(str(x.ty.dtype), intrin)
     zp_const, zp_run = _zero_point(bb, x_zp, shift)

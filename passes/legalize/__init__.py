@@ -3,4 +3,4 @@
 `legalize` runs them all; backends (e.g. TVM's) run it before lowering.
 """
 
-from . import contrib_ops, expand_functions, integer_ops, legalize, rnn  # noqa: F401
+from . import contrib_ops, conv_transpose_d2s, expand_functions, integer_ops, legalize, rnn  # noqa: F401

@@ -30,6 +30,14 @@ needs_dot = pytest.mark.skipif(HOST is None, reason="host CPU has no int8 dot-pr
 _NP = {T.UINT8: np.uint8, T.INT8: np.int8}
 
 
+@pytest.fixture(autouse=True)
+def _small_convs_use_the_kernel(monkeypatch, request):
+    """The kernel skips convs with a small reduction (MIN_CONV_REDUCTION: slower there); the
+    correctness tests use small shapes, so they lower the threshold to reach the kernel."""
+    if "min_reduction" not in request.node.name:
+        monkeypatch.setattr(int8_kernels, "MIN_CONV_REDUCTION", 0)
+
+
 def _conv_model(x_type: int, shape, w: np.ndarray, *, x_zp=None, runtime_zp=False, w_zp=None, **attrs):
     inputs = [h.make_tensor_value_info("x", x_type, shape)]
     inits = [nh.from_array(w, "w")]
@@ -288,3 +296,16 @@ def test_fused_producer_and_epilogue_chain(tmp_path):
         # y3: integer up to the last float Mul, and the float rescale before QuantizeLinear did
         # not land on a rounding boundary for these seeds, so equal up to float32 rounding.
         np.testing.assert_allclose(got[1], want[1], rtol=1e-6, atol=1e-7)
+
+
+@needs_dot
+def test_min_reduction_small_convs_take_the_generic_path(tmp_path):
+    """Convs with fewer than MIN_CONV_REDUCTION products per output keep the generic path (it
+    was measured faster there) and stay exact; larger ones get the kernel."""
+    rng = np.random.default_rng(8)
+    small = _conv_model(T.UINT8, [1, 12, 10, 10], rng.integers(-60, 61, (16, 12, 1, 1)).astype(np.int8))
+    large = _conv_model(T.UINT8, [1, 16, 10, 10], rng.integers(-60, 61, (16, 16, 3, 3)).astype(np.int8), pads=[1, 1, 1, 1])
+    assert 12 < int8_kernels.MIN_CONV_REDUCTION <= 16 * 9
+    assert _kernels_used(small, {"x": [1, 12, 10, 10]}) == []
+    assert _kernels_used(large, {"x": [1, 16, 10, 10]}) == ["lepton_int8_conv2d"]
+    _check(small, tmp_path, [{"x": rng.integers(0, 256, (1, 12, 10, 10)).astype(np.uint8)}], {"x": [1, 12, 10, 10]})

@@ -91,7 +91,7 @@ def test_quant8_digits_on_device_matches_host(emulator, tmp_path_factory, cpu, q
     assert np.array_equal(got.argmax(1), host.argmax(1))
 
 
-def test_neoverse_n1_int8_kernels_use_sdot_and_sessions_close(emulator, tmp_path_factory) -> None:
+def test_neoverse_n1_int8_kernels_use_sdot_and_sessions_close(emulator, tmp_path_factory, monkeypatch) -> None:
     """On a dotprod core the integer convs are the tensorized sdot kernels (read from the library's
     disassembly; Cortex-A72 has no dotprod and none), and a closed RemoteRunner really ends its
     session: a second one in the same process connects while the first object is still alive
@@ -102,6 +102,11 @@ def test_neoverse_n1_int8_kernels_use_sdot_and_sessions_close(emulator, tmp_path
     from lepton_backends import get_backend
     from lepton.remote import RemoteRunner
 
+    from lepton_backends.tvm import int8_kernels
+
+    # The digits CNN's convs are below the size where the kernel pays (MIN_CONV_REDUCTION); this
+    # test is about the sdot code running on the device, so it lowers the threshold.
+    monkeypatch.setattr(int8_kernels, "MIN_CONV_REDUCTION", 0)
     objdump = shutil.which("aarch64-linux-gnu-objdump")
     assert objdump, "aarch64-linux-gnu-objdump (binutils of the cross compiler) is missing"
     m = _quantized("x86", tmp_path_factory)
