@@ -403,8 +403,6 @@ def _find_block(sch):
 def schedule(sch, lanes32: int):
     """Schedule the kernel in ``sch`` (a PrimFunc made by :func:`conv2d` / :func:`matmul`, with its
     fused elementwise epilogue). Returns ``sch``, or None when the PrimFunc has no such kernel."""
-    from tvm import tirx
-
     from .cpu_schedule import _collapse_epilogue, _extent, _schedule_leftover_blocks
 
     found = _find_block(sch)
