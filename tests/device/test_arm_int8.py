@@ -126,3 +126,40 @@ def test_neoverse_n1_int8_kernels_use_sdot_and_sessions_close(emulator, tmp_path
         b = next(iter(second.run(inputs).values()))
     np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(a, _host_int8("x86", tmp_path_factory))
+
+
+@pytest.mark.parametrize("name", ["magika", "minilm-l3"])
+def test_quant8_real_model_on_neoverse_n1_bit_exact(emulator, tmp_path, name) -> None:
+    """A real quantized model (quant8 defaults, calibrated on realistic inputs) compiled for
+    Neoverse-N1 (sdot kernels) gives the host's tvm-cpu int8 result (AVX2 kernels) bit for bit on
+    the emulated device. bench/quant_arm.py runs all four real models on both cores."""
+    import lepton
+    import lepton_ir
+    from lepton.remote import RemoteRunner
+    from lepton_backends.tvm import load_artifact
+    from lepton_ir.testing import corpus
+    from lepton_passes.quant import Quant8
+
+    try:
+        path = corpus.real_model_path(name)
+    except FileNotFoundError as e:
+        pytest.skip(f"{name} is not fetched ({e}); run `python -m lepton_ir.testing.corpus fetch {name}`")
+    calib = tmp_path / "calib"
+    calib.mkdir()
+    for s in range(1, 5):
+        np.savez(calib / f"{s}.npz", **corpus.realistic_inputs(name, batch=1, seed=s))
+    m = lepton_ir.load(str(path))
+    assert Quant8(calib=str(calib), progress=False).run(m)
+    lepton_ir.save(m, str(tmp_path / "q8.onnx"))
+    feeds = corpus.tvm_feeds(name, corpus.realistic_inputs(name, batch=1, seed=0))
+    shapes = {k: list(v.shape) for k, v in feeds.items()}
+    passes = corpus.tvm_passes(name)
+    for backend, target, out in (("tvm-cpu", "native", "host"), ("tvm-arm", "neoverse-n1", "n1")):
+        lepton.optimize(str(tmp_path / "q8.onnx"), passes=passes, backend=backend, target=target,
+                        output=str(tmp_path / out), input_shapes=shapes)
+    host = list(load_artifact(tmp_path / "host").run(feeds).values())
+    with RemoteRunner(tmp_path / "n1", rpc=f"{emulator[0]}:{emulator[1]}") as r:
+        dev = list(r.run(feeds).values())
+    assert len(dev) == len(host)
+    for a, b in zip(dev, host):
+        np.testing.assert_array_equal(a, b)
