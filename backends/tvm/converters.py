@@ -121,8 +121,10 @@ def _conv_pads(x, attr: dict, kernel: list[int], strides: list[int], dilations: 
     return pads
 
 
-def _const_weight(w, w_zp) -> np.ndarray | None:
-    """The constant weight with its (constant) zero point subtracted, or None if not constant."""
+def _const_weight(w, w_zp, axis: int) -> np.ndarray | None:
+    """The constant weight with its (constant) zero point subtracted, or None if not constant.
+    A 1-D zero point with several values is per channel along ``axis`` (ConvInteger: 0, the
+    output channels; MatMulInteger: -1, the output columns)."""
     import tvm
 
     if not isinstance(w, tvm.ir.GenericConst):
@@ -132,8 +134,10 @@ def _const_weight(w, w_zp) -> np.ndarray | None:
         if not isinstance(w_zp, tvm.ir.GenericConst):
             return None
         zp = w_zp.value.numpy().astype(np.int32)
-        if zp.ndim == 1 and value.ndim >= 2 and zp.size > 1:  # per output channel (Conv: axis 0)
-            zp = zp.reshape([-1] + [1] * (value.ndim - 1))
+        if zp.ndim == 1 and value.ndim >= 2 and zp.size > 1:
+            shape = [1] * value.ndim
+            shape[axis] = -1
+            zp = zp.reshape(shape)
         value = value - zp
     if value.min(initial=0) < -128 or value.max(initial=0) > 127:
         return None  # a centred u8 weight can exceed int8: generic path
@@ -147,7 +151,7 @@ def _tensorized_conv(bb, x, x_zp, w, w_zp, attr, strides, pads, dilations):
     intrin = _INT8_INTRIN.get()
     if intrin is None or int(attr.get("group", 1)) != 1 or x.ty.ndim != 4:
         return None
-    weight = _const_weight(w, w_zp)
+    weight = _const_weight(w, w_zp, axis=0)
     if weight is None:
         return None
     return int8_kernels.conv2d(bb, x, x_zp, weight, strides=strides, pads=pads, dilations=dilations,
@@ -166,12 +170,7 @@ def convert_matmul_integer(bb, inputs, attr: dict, params) -> Any:
     a_zp = inputs[2] if len(inputs) > 2 else None
     b_zp = inputs[3] if len(inputs) > 3 else None
     if intrin is not None and b.ty.ndim == 2:
-        if b_zp is not None and hasattr(b_zp, "ty") and b_zp.ty.ndim == 1:
-            import tvm
-
-            if isinstance(b_zp, tvm.ir.GenericConst):  # per column: broadcast over rows
-                b_zp = tvm.relax.const(b_zp.value.numpy().reshape(1, -1))
-        weight = _const_weight(b, b_zp)
+        weight = _const_weight(b, b_zp, axis=-1)
         if weight is not None:
             fast = int8_kernels.matmul(bb, a, a_zp, weight, intrin=intrin)
             if fast is not None:
