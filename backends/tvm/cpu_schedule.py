@@ -521,12 +521,10 @@ class Int8Dot(ScheduleRule):
             return None
         from . import int8_kernels
 
-        sch = s_tir.Schedule(func)
-        if int8_kernels._find_block(sch) is None:
-            return None
-        # A schedule error here is a bug in the kernel/schedule pair, not "does not apply":
-        # raise so that tests see it instead of getting a silently slow generic schedule.
-        return int8_kernels.schedule(sch, vector_lanes(target))
+        # None for PrimFuncs without the kernel's block. A schedule error is a bug in the
+        # kernel/schedule pair, not "does not apply": it is raised so that tests see it instead
+        # of getting a silently slow generic schedule.
+        return int8_kernels.schedule(s_tir.Schedule(func), vector_lanes(target))
 
 
 def default_cpu_rules() -> list[ScheduleRule]:
