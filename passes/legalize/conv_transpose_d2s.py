@@ -27,6 +27,7 @@ import numpy as np
 from lepton_ir import Model, Node
 
 from ..base import Pass, register_pass
+from ..quant.qmath import QParams, dequantize
 from ..util import constant_value, replace_value, static_shape
 
 
@@ -46,18 +47,13 @@ def _weight(node: Node) -> np.ndarray | None:
         return None
     q = constant_value(dq.inputs[0])
     scale = constant_value(dq.inputs[1])
-    zp = constant_value(dq.inputs[2]) if len(dq.inputs) > 2 and dq.inputs[2] is not None else None
-    if q is None or scale is None or (len(dq.inputs) > 2 and dq.inputs[2] is not None and zp is None):
-        return None
-    if dq.attr("block_size", 0):
-        return None  # blocked quantization: not produced by our passes, not handled here
-    axis = int(dq.attr("axis", 1)) % q.ndim
-    shape = [1] * q.ndim
-    if scale.size > 1:
-        shape[axis] = -1
-    zp_f = 0.0 if zp is None else zp.astype(np.float32).reshape(shape if zp.size > 1 else [])
-    return ((q.astype(np.float32) - zp_f) * scale.astype(np.float32).reshape(shape if scale.size > 1 else [])).astype(
-        scale.dtype)
+    has_zp = len(dq.inputs) > 2 and dq.inputs[2] is not None
+    zp = constant_value(dq.inputs[2]) if has_zp else None
+    if q is None or scale is None or (has_zp and zp is None) or dq.attr("block_size", 0):
+        return None  # run-time parameters, or blocked quantization (not produced by our passes)
+    zp = np.zeros(scale.shape, q.dtype) if zp is None else zp
+    axis = int(dq.attr("axis", 1)) % q.ndim if scale.size > 1 else None
+    return dequantize(q, QParams(scale, zp, axis)).astype(scale.dtype)
 
 
 @register_pass
