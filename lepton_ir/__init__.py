@@ -6,8 +6,10 @@ constants (`Tensor`, `ArrayTensor`) and the errors (`LeptonError` and subclasses
 """
 
 from .errors import (ExternalDataError, GraphCycleError, LeptonError, ModelLoadError, ModelTooLargeError,
-                     TextParseError, UnsupportedError, VerifyError)
+                     RegionError, TextParseError, UnsupportedError, VerifyError)
 from .evaluate import evaluate, register_reference_op
+from .extract import NodeSpec, Stage, extract, replace_region, run_stages, split_stages
+from .graphview import unsized_values, weighted_view
 from .ir import Attr, AttrType, Function, Graph, Model, Node, Value
 from .onnx_io import load, save, to_onnx
 from .shape_inference import infer_types, pin_input_shapes
@@ -35,5 +37,7 @@ __all__ = [
     "DType", "Shape", "TensorType", "SparseTensorType", "SequenceType", "OptionalType", "MapType", "Type",
     "Tensor", "ArrayTensor", "SparseTensor",
     "LeptonError", "ModelLoadError", "ExternalDataError", "ModelTooLargeError", "GraphCycleError",
-    "VerifyError", "TextParseError", "UnsupportedError",
+    "VerifyError", "TextParseError", "UnsupportedError", "RegionError",
+    "extract", "replace_region", "split_stages", "run_stages", "Stage", "NodeSpec", "weighted_view",
+    "unsized_values",
 ]

@@ -72,8 +72,9 @@ def is_sorted(graph: "Graph") -> bool:
 def to_networkx(graph: "Graph") -> "nx.MultiDiGraph":
     """A networkx view: one vertex per node, one edge per (producer -> user, value).
 
-    Used by partitioning and scheduling passes, which want graph algorithms (dominators, cuts,
-    min-cut) that networkx already provides.
+    Unweighted, for order and reachability questions (dominators, scheduling). For cuts use
+    `lepton_ir.graphview.weighted_view`: it has value vertices with byte capacities, so a value read
+    by several nodes is paid once, and source/sink vertices for `networkx.minimum_cut`.
     """
     import networkx as nx
 

@@ -41,3 +41,7 @@ class TextParseError(LeptonError):
 
 class UnsupportedError(LeptonError):
     """A construct is valid but not supported by the component asked to handle it."""
+
+
+class RegionError(LeptonError):
+    """A region bounded by values cannot be extracted or replaced (not closed, not replaceable)."""
