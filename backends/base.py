@@ -1,130 +1,182 @@
-"""The `Backend` interface, the backend registry, and atomic artifact folders.
+"""The `Backend` interface, the backend registry, and compiling models into (multi-stage) artifacts.
 
-A backend turns an optimized `lepton_ir.Model` into an artifact folder. `Backend.compile` builds the
-artifact in a sibling temp folder (`.<name>.tmp-XXXX`) and renames it into place only when it is
-complete: an interrupted or failed compile leaves nothing at `out_dir`, and an existing artifact
-there is replaced only by a complete new one. Subclasses implement `build()` (write files into the
-staging folder) and usually keep the inherited `compile()`.
+A backend is one class (as a pass is): a kebab-case `name`, a docstring shown by
+`lepton-opt --list-backends`, a frozen dataclass `Options` whose fields are its typed options, a
+`lowering_pipeline` of Lepton passes it needs before building, `build()` (write one stage's files,
+return its manifest entry) and `load()` (open such a stage for running). Register it with
+`@register_backend` or the `lepton.backends` entry-point group; nothing else needs to change for
+`lepton-opt --backend NAME`, `lepton.load` and `lepton-run` to use it.
 
-Backends register with `@register_backend` or through the entry-point group `lepton.backends`
-(loaded lazily on the first lookup that misses). Duplicate names are an error.
+`Backend.compile` and `compile_stages` stage the artifact atomically (`artifact.atomic_dir`) and
+write the one manifest format (`artifact.write_manifest`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
+import dataclasses
 import os
-import re
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Mapping, TypeVar
+from typing import Any, Callable, ClassVar, Mapping, Protocol, Sequence, TypeVar
 
-from lepton_ir import LeptonError, Model
+from lepton_ir import Model
+from lepton_ir.registry import Registry
+
+from .errors import BackendError, BackendOptionError
+from .artifact import MANIFEST, atomic_dir, check_output_path, jsonable, sha256_file, write_manifest
 
 
-class BackendError(LeptonError):
-    """A backend cannot be found, configured, or cannot compile the model."""
+#: How a caller runs a backend's lowering pipeline: `run(pipeline_text, model)`. The driver passes
+#: one that goes through its PassManager, so the caller's instruments (verify-each, print-IR,
+#: --check, timing, the reproducer) see the backend's passes too.
+PipelineRunner = Callable[[str, Model], Any]
 
 
-#: The file every artifact folder holds; its presence marks a folder as replaceable by `compile`.
-MANIFEST = "manifest.json"
+class StageRunner(Protocol):
+    """What `Backend.load` returns: runs one stage."""
+
+    input_names: list[str]
+    output_names: list[str]
+
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, Any]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class NoOptions:
+    """A backend without options."""
+
+
+def _default_runner(pipeline: str, model: Model) -> None:
+    from lepton_passes import PassManager
+
+    PassManager(pipeline, verify_each=True).run(model)
 
 
 class Backend:
-    """Base of all backends. Subclasses set `name`, a docstring, `default_pipeline`, `option_help`,
-    and implement `build()`."""
+    """Base of all backends. Subclasses set `name`, a docstring, `default_pipeline`, `Options`,
+    and implement `build()` and `load()`; `lowering_pipeline()` when they need Lepton passes."""
 
     #: Registry name, used by `--backend NAME`.
     name: ClassVar[str] = ""
     #: Pipeline text the driver runs when the user gives no `--passes` (before `compile`).
     default_pipeline: ClassVar[str] = ""
-    #: Backend options accepted by `compile(options=...)`: name -> help. Others are an error.
-    option_help: ClassVar[dict[str, str]] = {}
+    #: The backend's options: a frozen dataclass; `metadata={"help": ...}` documents a field.
+    Options: ClassVar[type] = NoOptions
 
     @classmethod
     def summary(cls) -> str:
         doc = (cls.__doc__ or "").strip()
         return doc.splitlines()[0] if doc else ""
 
-    def compile(self, model: Model, out_dir: str | os.PathLike, *, target: str | None = None,
-                options: Mapping[str, Any] | None = None, pipeline_text: str = "",
-                source_sha256: str | None = None) -> Path:
-        """Write the artifact for `model` to `out_dir` atomically and return its path.
+    @classmethod
+    def parse_options(cls, options: Any = None) -> Any:
+        """`Options` from a mapping (option or field names; text values parsed as in pipelines)."""
+        from lepton_passes.pipeline import build_options
 
-        `pipeline_text` is recorded in the manifest; `source_sha256` is the hash of the source
-        model's bytes (recorded too, when known).
-        """
-        opts = dict(options or {})
-        unknown = sorted(set(opts) - set(self.option_help))
-        if unknown:
-            known = ", ".join(sorted(self.option_help)) or "none"
-            raise BackendError(f"backend {self.name!r} has no option(s) {', '.join(unknown)}; its options: {known}")
-        with atomic_dir(out_dir) as staging:
-            self.build(model, staging, target=target, options=opts, pipeline_text=pipeline_text,
-                       source_sha256=source_sha256)
-        return Path(out_dir)
+        return build_options(cls.Options, options, owner=f"backend {cls.name!r}", error=BackendOptionError)
 
-    def build(self, model: Model, staging: Path, *, target: str | None, options: dict[str, Any],
-              pipeline_text: str, source_sha256: str | None) -> None:
-        """Write the artifact's files into `staging` (an empty folder)."""
+    @classmethod
+    def describe_options(cls) -> list[tuple[str, str, str, str]]:
+        """(option, type, default, help) rows, as `--list-backends` shows them."""
+        from lepton_passes.pipeline import describe_fields
+
+        return describe_fields(cls.Options)
+
+    # -- what subclasses implement -------------------------------------------------------------
+    def lowering_pipeline(self, target: str | None, options: Any) -> str:
+        """Lepton passes run (on a copy of the model) before `build`; "" for none."""
+        return ""
+
+    def build(self, model: Model, staging: Path, *, target: str | None, options: Any) -> dict[str, Any]:
+        """Write one stage's files into the empty folder `staging`; return its manifest entry:
+        at least `entry`, `inputs`, `outputs` (lists of {name, dtype, shape}); optionally
+        `target`, `device`, `extra`. `backend`, `options`, `name` and `dir` are filled in."""
         raise NotImplementedError
 
+    def load(self, folder: Path, stage: dict[str, Any]) -> StageRunner:
+        """Open a stage this backend built (files in `folder`, already hash-verified) for running.
+        `stage` is `artifact.stage_view(manifest, i)`: the stage entry plus the artifact's fields."""
+        raise NotImplementedError
 
-# ------------------------------------------------------------------------------------------------
-# Atomic artifact folders
-# ------------------------------------------------------------------------------------------------
-def _replaceable(path: Path) -> bool:
-    """Only an empty folder or a previous artifact may be replaced (never, say, a home folder)."""
-    return path.is_dir() and (not any(path.iterdir()) or (path / MANIFEST).is_file())
+    # -- compiling ------------------------------------------------------------------------------
+    def build_stage(self, model: Model, folder: Path, *, target: str | None = None, options: Any = None,
+                    run_pipeline: PipelineRunner | None = None) -> dict[str, Any]:
+        """Lower (a copy of) `model` with `lowering_pipeline` through `run_pipeline`, build it into
+        `folder` and return the stage's manifest entry. The caller's model is never modified."""
+        opts = self.parse_options(options)
+        lowering = self.lowering_pipeline(target, opts)
+        work = model
+        if lowering:
+            from lepton_ir.clone import clone_model
+
+            work = clone_model(model)
+            (run_pipeline or _default_runner)(lowering, work)
+        stage = dict(self.build(work, folder, target=target, options=opts))
+        stage.setdefault("backend", self.name)
+        stage.setdefault("target", target)
+        stage.setdefault("device", "host")
+        stage["options"] = jsonable(opts)
+        if lowering:
+            stage["lowering"] = lowering
+        return stage
+
+    def compile(self, model: Model, out_dir: str | os.PathLike, *, target: str | None = None,
+                options: Any = None, pipeline_text: str = "", source_sha256: str | None = None,
+                run_pipeline: PipelineRunner | None = None) -> Path:
+        """Write a single-stage artifact for `model` to `out_dir` atomically and return its path.
+
+        `pipeline_text` (the passes that ran before) and `source_sha256` (of the source model's
+        bytes) are recorded in the manifest.
+        """
+        self.parse_options(options)  # option errors before any staging folder exists
+        check_output_path(out_dir)
+        with atomic_dir(out_dir) as staging:
+            stage = self.build_stage(model, staging, target=target, options=options, run_pipeline=run_pipeline)
+            stage.update(name="main", dir=".")
+            write_manifest(staging, [stage], pipeline=pipeline_text, source_sha256=source_sha256)
+        return Path(out_dir)
 
 
-@contextlib.contextmanager
-def atomic_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
-    """Yield an empty staging folder beside `out_dir`; on success rename it to `out_dir`.
+@dataclasses.dataclass
+class StageSpec:
+    """One stage of a multi-stage artifact: a model and the backend (with target and options)
+    that compiles it. Stages run in order; each reads graph inputs or earlier stages' outputs by
+    name (e.g. the stages `lepton_ir.split_stages` cuts a model into)."""
 
-    On any exception (KeyboardInterrupt included) the staging folder is removed and `out_dir` is
-    left exactly as it was. An existing `out_dir` must be an empty folder or an artifact (holds
-    manifest.json); it is swapped out only after the new one is complete.
+    model: Model
+    backend: str | Backend
+    target: str | None = None
+    options: Any = None
+    name: str | None = None
+
+
+def compile_stages(stages: Sequence[StageSpec], out_dir: str | os.PathLike, *, pipeline_text: str = "",
+                   source_sha256: str | None = None, outputs: Sequence[str] | None = None,
+                   run_pipeline: PipelineRunner | None = None) -> Path:
+    """Compile every stage with its backend into one artifact folder (atomically).
+
+    Each stage's files go to a subfolder named after the stage (`stage0`, ... by default).
+    `outputs` names the artifact's outputs (default: the last stage's). `lepton.load` and
+    `lepton-run` run the result like any artifact.
     """
-    out = Path(out_dir)
-    if out.exists() and not _replaceable(out):
-        what = "a file" if not out.is_dir() else "a folder that is not a Lepton artifact (no manifest.json)"
-        raise BackendError(f"{out}: exists and is {what}; refusing to replace it")
-    parent = out.parent if str(out.parent) else Path(".")
-    parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
-    try:
-        yield staging
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=parent))
-            os.replace(out, old / "a")  # move aside first: rename onto a non-empty folder fails
-            try:
-                os.replace(staging, out)
-            except BaseException:
-                os.replace(old / "a", out)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def write_json(path: Path, obj: Any) -> None:
-    # default=str: a backend option given from Python may be any object; record its text.
-    path.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+    if not stages:
+        raise BackendError("compile_stages needs at least one stage")
+    backends = [s.backend if isinstance(s.backend, Backend) else get_backend(s.backend)() for s in stages]
+    names = [s.name or f"stage{i}" for i, s in enumerate(stages)]
+    if len(set(names)) != len(names):
+        raise BackendError(f"stage names must be unique, got {names}")
+    for be, s in zip(backends, stages):
+        be.parse_options(s.options)
+    check_output_path(out_dir)
+    with atomic_dir(out_dir) as staging:
+        entries = []
+        for be, s, name in zip(backends, stages, names):
+            folder = staging / name
+            folder.mkdir()
+            entry = be.build_stage(s.model, folder, target=s.target, options=s.options, run_pipeline=run_pipeline)
+            entry.update(name=name, dir=name)
+            entries.append(entry)
+        write_manifest(staging, entries, pipeline=pipeline_text, source_sha256=source_sha256, outputs=outputs)
+    return Path(out_dir)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -132,75 +184,37 @@ def write_json(path: Path, obj: Any) -> None:
 # ------------------------------------------------------------------------------------------------
 B = TypeVar("B", bound=type)
 
-_REGISTRY: dict[str, type[Backend]] = {}
-_ORIGIN: dict[str, str] = {}
-_ENTRY_POINTS_LOADED = False
-_NAME_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 
-#: Modules holding built-in backends, imported on first registry access. backends/tvm adds itself
-#: here when ready (e.g. "lepton_backends.tvm").
-_BUILTIN_MODULES: list[str] = ["lepton_backends.onnx_backend", "lepton_backends.tvm", "lepton_backends.tvm.arm", "lepton_backends.tvm.cuda"]
+def _check_backend_class(c: type) -> str | None:
+    opts = getattr(c, "Options", None)
+    if not (isinstance(opts, type) and dataclasses.is_dataclass(opts) and opts.__dataclass_params__.frozen):  # type: ignore[attr-defined]
+        return f"backend {c.__name__}: Options must be a frozen dataclass (@dataclass(frozen=True))"
+    return None
+
+
+#: Modules holding built-in backends, imported on first registry access.
+_BUILTIN_MODULES: list[str] = ["lepton_backends.onnx_backend", "lepton_backends.tvm", "lepton_backends.tvm.arm",
+                               "lepton_backends.tvm.cuda"]
+
+#: Every backend by name: built-ins, then plugins of the `lepton.backends` entry-point group.
+REGISTRY: Registry[type[Backend]] = Registry("backend", Backend, "lepton.backends", _BUILTIN_MODULES,
+                                             error=BackendError, check=_check_backend_class)
 
 
 def register_backend(cls: B | None = None, *, origin: str | None = None) -> Any:
     """Class decorator: register a Backend subclass under its `name`; duplicates are an error."""
-
-    def deco(c: B) -> B:
-        if not (isinstance(c, type) and issubclass(c, Backend)):
-            raise BackendError(f"{c!r} is not a subclass of lepton_backends.Backend")
-        name = c.name
-        if not name or not _NAME_RE.match(name):
-            raise BackendError(f"backend {c.__name__} needs a kebab-case `name`, got {name!r}")
-        where = origin or f"{c.__module__}.{c.__qualname__}"
-        if name in _REGISTRY and _REGISTRY[name] is not c:
-            raise BackendError(f"duplicate backend name {name!r}: registered by {_ORIGIN[name]} and by {where}")
-        _REGISTRY[name] = c
-        _ORIGIN[name] = where
-        return c
-
-    return deco(cls) if cls is not None else deco
-
-
-def _load_builtins() -> None:
-    import importlib
-
-    for mod in _BUILTIN_MODULES:
-        importlib.import_module(mod)
-
-
-def _load_entry_points() -> None:
-    global _ENTRY_POINTS_LOADED
-    if _ENTRY_POINTS_LOADED:
-        return
-    _ENTRY_POINTS_LOADED = True
-    from importlib.metadata import entry_points
-
-    for ep in entry_points(group="lepton.backends"):
-        try:
-            obj = ep.load()
-        except Exception as e:  # name the broken plugin instead of a bare traceback
-            raise BackendError(f"plugin entry point {ep.name!r} ({ep.value}) failed to load: {e}") from e
-        if isinstance(obj, type) and issubclass(obj, Backend):
-            if _REGISTRY.get(obj.name) is obj:
-                continue
-            register_backend(obj, origin=f"entry point {ep.name} ({ep.value})")
-        elif callable(obj):
-            obj()
+    return REGISTRY.decorator(cls, origin=origin)
 
 
 def get_backend(name: str) -> type[Backend]:
     """The backend class registered as `name`; BackendError listing the known ones otherwise."""
-    _load_builtins()
-    if name not in _REGISTRY:
-        _load_entry_points()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise BackendError(f"unknown backend {name!r}; known backends: {', '.join(sorted(_REGISTRY))}") from None
+    return REGISTRY.get(name)
 
 
 def list_backends() -> dict[str, type[Backend]]:
     """All registered backends (built-in and plugins), by name."""
-    _load_builtins()
-    _load_entry_points()
-    return dict(sorted(_REGISTRY.items()))
+    return REGISTRY.all()
+
+
+__all__ = ["Backend", "BackendError", "NoOptions", "StageSpec", "StageRunner", "PipelineRunner", "compile_stages",
+           "register_backend", "get_backend", "list_backends", "atomic_dir", "sha256_file", "MANIFEST"]

@@ -1,34 +1,34 @@
-"""The `onnx` backend: the optimized model as an ONNX file for ONNX Runtime, plus a manifest.
+"""The `onnx` backend: the optimized model as an ONNX file for ONNX Runtime.
 
-Artifact layout::
+Stage files::
 
     model.onnx        the optimized model (lepton_ir.save; `model.onnx.data` beside it if the
-                      weights need external data)
-    manifest.json     format, backend, inputs/outputs (name, dtype, shape), pipeline, versions of
-                      lepton/onnx/onnxruntime, sha256 of every file and of the source model
+                      weights need external data); Lepton's fused `ai.lepton` ops are lowered to
+                      standard ONNX or ONNX Runtime contrib ops first (`lowering_pipeline`)
+
+The manifest (artifact.py) records inputs/outputs, the pipeline, versions and every file's sha256.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
+
+import numpy as np
 
 import lepton_ir
-from lepton_ir import Model
+from lepton_ir import LeptonError, Model
 
-from .base import MANIFEST, Backend, register_backend, sha256_file, write_json
-
-#: Bumped when the manifest layout changes incompatibly.
-MANIFEST_FORMAT_VERSION = 1
+from .base import Backend, register_backend
 
 
-def _version(dist: str) -> str | None:
-    from importlib.metadata import PackageNotFoundError, version
-
+def _has_numpy(dtype: lepton_ir.DType) -> bool:
     try:
-        return version(dist)
-    except PackageNotFoundError:
-        return None
+        dtype.numpy()
+        return True
+    except ValueError:
+        return False
 
 
 def value_signature(v: lepton_ir.Value) -> dict[str, Any]:
@@ -42,32 +42,54 @@ def value_signature(v: lepton_ir.Value) -> dict[str, Any]:
     }
 
 
-def _has_numpy(dtype: lepton_ir.DType) -> bool:
-    try:
-        dtype.numpy()
-        return True
-    except ValueError:
-        return False
-
-
 def model_signature(model: Model) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     g = model.graph
     inputs = [value_signature(v) for v in g.inputs if v.const is None and v.name not in g.initializers]
     return inputs, [value_signature(v) for v in g.outputs]
 
 
-def _lower_fused(model: Model) -> Model:
-    """Fused `ai.lepton` ops become standard ONNX or ONNX Runtime contrib ops (on a copy: the
-    caller's model keeps its fused form)."""
-    if not any(n.domain == "ai.lepton" for n in model.graph.all_nodes()):
-        return model
-    from lepton_ir.clone import clone_model
-    from lepton_passes import get_pass
+def _feed(v: Any) -> Any:
+    """Tensors as arrays; sequences (lists) and absent optionals (None) as they are, ORT takes both."""
+    return v if isinstance(v, list) or v is None else np.asarray(v)
 
-    work = clone_model(model)
-    get_pass("lower-fused-to-onnx")().run(work)
-    work.verify()
-    return work
+
+class OrtRunner:
+    """Runs an `onnx` stage with ONNX Runtime (CPU)."""
+
+    def __init__(self, folder: Path, manifest: dict[str, Any]) -> None:
+        import onnxruntime as ort
+
+        self.folder = folder
+        self.manifest = manifest
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        self.session = ort.InferenceSession(str(folder / manifest.get("entry", "model.onnx")), so,
+                                            providers=["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Outputs by name for inputs by name (missing or unknown names are an error)."""
+        missing = [n for n in self.input_names if n not in inputs]
+        extra = [n for n in inputs if n not in self.input_names]
+        if missing or extra:
+            raise LeptonError(f"inputs do not match the model: missing {missing or 'none'}, unknown {extra or 'none'}; "
+                              f"expected {self.input_names}")
+        try:
+            outs = self.session.run(None, {k: _feed(v) for k, v in inputs.items()})
+        except Exception as e:  # ORT's messages for bad dtypes/shapes are user errors here
+            raise LeptonError(f"ONNX Runtime failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
+        return dict(zip(self.output_names, outs))
+
+    __call__ = run
+
+
+@dataclasses.dataclass(frozen=True)
+class OnnxOptions:
+    """Options of the `onnx` backend."""
+
+    external_data: bool = dataclasses.field(default=False, metadata={
+        "help": "always write the weights to model.onnx.data (default: only above 2 GiB)"})
 
 
 @register_backend
@@ -75,31 +97,18 @@ class OnnxBackend(Backend):
     """ONNX file for ONNX Runtime (model.onnx + manifest.json)."""
 
     name = "onnx"
-    # ORT needs no lowering; the default only cleans up (folding, no-ops, CSE, DCE).
+    # ORT needs no lowering of standard ops; the default only cleans up (folding, no-ops, CSE, DCE).
     default_pipeline = "canonicalize"
-    option_help = {"external-data": "true: always write weights to model.onnx.data (default: only above 2 GiB)"}
+    Options = OnnxOptions
 
-    def build(self, model: Model, staging: Path, *, target: str | None, options: dict[str, Any],
-              pipeline_text: str, source_sha256: str | None) -> None:
-        ext = options.get("external-data")
-        if isinstance(ext, str):
-            ext = ext.lower() in ("1", "true", "yes")
-        model = _lower_fused(model)
-        lepton_ir.save(model, staging / "model.onnx", external_data=ext)
+    def lowering_pipeline(self, target: str | None, options: OnnxOptions) -> str:
+        # Fused `ai.lepton` ops become standard ONNX or ONNX Runtime contrib ops; a no-op otherwise.
+        return "lower-fused-to-onnx"
+
+    def build(self, model: Model, staging: Path, *, target: str | None, options: OnnxOptions) -> dict[str, Any]:
+        lepton_ir.save(model, staging / "model.onnx", external_data=True if options.external_data else None)
         inputs, outputs = model_signature(model)
-        files = {p.name: sha256_file(p) for p in sorted(staging.iterdir()) if p.is_file()}
-        write_json(staging / MANIFEST, {
-            "format": "lepton-artifact",
-            "format_version": MANIFEST_FORMAT_VERSION,
-            "backend": self.name,
-            "target": target,
-            "entry": "model.onnx",
-            "inputs": inputs,
-            "outputs": outputs,
-            "pipeline": pipeline_text,
-            "options": options,
-            "versions": {"lepton": _version("lepton"), "onnx": _version("onnx"),
-                         "onnxruntime": _version("onnxruntime")},
-            "source_sha256": source_sha256,
-            "files": files,
-        })
+        return {"entry": "model.onnx", "inputs": inputs, "outputs": outputs, "device": "host"}
+
+    def load(self, folder: Path, stage: dict[str, Any]) -> OrtRunner:
+        return OrtRunner(folder, stage)

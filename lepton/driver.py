@@ -18,10 +18,11 @@ from typing import Any, Iterable, Mapping, Sequence
 import onnx
 
 import lepton_ir
-import lepton_passes
 from lepton_backends import Backend, BackendError, get_backend
-from lepton_ir import LeptonError, Model, Shape, TensorType
+from lepton_backends.artifact import check_output_path
+from lepton_ir import LeptonError, Model
 from lepton_passes import DifferentialInstrument, Instrument, PassManager, Pipeline, RunReport, parse_pipeline
+from lepton_passes.canonicalize.pin_input_shapes import parse_shape as _parse_shape
 from lepton_passes.instruments import count_nodes
 
 ModelSource = str | os.PathLike | bytes | onnx.ModelProto | Model
@@ -61,44 +62,10 @@ def load_copy(src: ModelSource) -> tuple[Model, str]:
     raise TypeError(f"optimize() takes a path, bytes, onnx.ModelProto or lepton_ir.Model, not {type(src).__name__}")
 
 
-def parse_shape(text: str) -> tuple[str, tuple[int, ...]]:
-    """`name=1x3x224x224` -> ("name", (1, 3, 224, 224)); LeptonError if malformed."""
-    name, eq, dims = text.rpartition("=")
-    try:
-        if not eq or not name:
-            raise ValueError
-        shape = tuple(int(d) for d in dims.lower().split("x")) if dims.strip() else ()
-        if any(d < 0 for d in shape):
-            raise ValueError
-    except ValueError:
-        raise LeptonError(f"bad input shape {text!r}: expected NAME=DxDx... with non-negative ints, "
-                          "e.g. image=1x3x224x224") from None
-    return name, shape
-
-
-def pin_input_shapes(model: Model, shapes: Mapping[str, Sequence[int]]) -> None:
-    """Fix graph input dims. Uses `lepton_ir.pin_input_shapes` (or `lepton_passes.pin_input_shapes`)
-    when it exists (it also re-propagates types); otherwise sets the input types here after checks."""
-    fn = getattr(lepton_ir, "pin_input_shapes", None) or getattr(lepton_passes, "pin_input_shapes", None)
-    if fn is not None:
-        fn(model, {k: tuple(v) for k, v in shapes.items()})
-        return
-    by_name = {v.name: v for v in model.graph.inputs if v.name not in model.graph.initializers}
-    for name, dims in shapes.items():
-        v = by_name.get(name)
-        if v is None:
-            raise LeptonError(f"--input-shape: no graph input named {name!r}; inputs: {', '.join(by_name) or 'none'}")
-        if not isinstance(v.type, TensorType):
-            raise LeptonError(f"--input-shape: input {name!r} is not a tensor ({v.type})")
-        old = v.type.shape
-        if old is not None:
-            if old.rank != len(dims):
-                raise LeptonError(f"--input-shape: input {name!r} has rank {old.rank} ({old}), "
-                                  f"not {len(dims)}")
-            for i, (a, b) in enumerate(zip(old.dims, dims)):
-                if isinstance(a, int) and a != b:
-                    raise LeptonError(f"--input-shape: input {name!r} dim {i} is fixed at {a}, not {b}")
-        v.type = TensorType(v.type.dtype, Shape(tuple(int(d) for d in dims)))
+# `name=1x3x224x224` parsing is the pin-input-shapes pass's; pinning is lepton_ir's (it also
+# re-propagates types).
+parse_shape = _parse_shape
+pin_input_shapes = lepton_ir.pin_input_shapes
 
 
 def _as_pipeline(passes: str | Pipeline | None, backend: Backend | None) -> Pipeline:
@@ -135,6 +102,11 @@ def optimize(model: ModelSource, passes: str | Pipeline | None = None, backend: 
     if options and be is None:
         raise BackendError(f"backend options given without a backend: {', '.join(options)}")
     pipeline = _as_pipeline(passes, be)
+    backend_opts = {k.replace("_", "-"): v for k, v in options.items()}
+    if be is not None:
+        be.parse_options(backend_opts)  # option errors before any slow step
+        assert output is not None
+        check_output_path(output)  # and a bad output path too
     if output is not None and isinstance(model, (str, os.PathLike)):
         src, dst = Path(model).resolve(), Path(output).resolve()
         if src == dst or dst in src.parents:
@@ -151,15 +123,17 @@ def optimize(model: ModelSource, passes: str | Pipeline | None = None, backend: 
     pm = PassManager(pipeline, verify_each=verify_each, instruments=insts,
                      reproducer_dir=str(reproducer_dir) if reproducer_dir is not None else None,
                      debug_rewrites=debug_rewrites)
-    report = pm.run(work)
-
     artifact: Path | None = None
-    if be is not None:
-        assert output is not None
-        backend_opts = {k.replace("_", "-"): v for k, v in options.items()}
-        artifact = be.compile(work, output, target=target, options=backend_opts, pipeline_text=str(pipeline),
-                              source_sha256=source_sha)
-    elif output is not None:
-        lepton_ir.save(work, output)
-        artifact = Path(output)
-    return OptimizeResult(work, artifact, report, str(pipeline), nodes_before, count_nodes(work), source_sha)
+    # One PassManager session for the user's pipeline and the backend's lowering pipeline (run by
+    # the backend on its copy of the model), so every instrument sees both.
+    with pm.session(work) as report:
+        pm.run_nested(pipeline, work)
+        nodes_after = count_nodes(work)
+        if be is not None:
+            assert output is not None
+            artifact = be.compile(work, output, target=target, options=backend_opts, pipeline_text=str(pipeline),
+                                  source_sha256=source_sha, run_pipeline=lambda text, m: pm.run_nested(text, m))
+        elif output is not None:
+            lepton_ir.save(work, output)
+            artifact = Path(output)
+    return OptimizeResult(work, artifact, report, str(pipeline), nodes_before, nodes_after, source_sha)

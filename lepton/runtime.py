@@ -1,55 +1,49 @@
 """Loading compiled artifacts back: `lepton.load(folder)` -> a runner with `run({name: array})`.
 
-For now only `onnx` artifacts (ONNX Runtime, CPU). The manifest's sha256 of each file is checked
-before the model is handed to ONNX Runtime, so a truncated or edited artifact is an error, not a
-silent wrong answer.
+Every artifact kind loads the same way: the manifest and every file's sha256 are verified first
+(`lepton_backends.read_manifest`: a truncated or edited artifact is an error, not a silent wrong
+answer), then each stage is opened by the backend that built it (`Backend.load`, found in the
+backend registry, plugins included). A single-stage artifact gives that stage's runner; a
+multi-stage one gives an `ArtifactRunner` that runs the stages in order, handing each the arrays
+it reads by name (no copies at the borders: the arrays one stage returns are the ones the next
+receives).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-from lepton_backends import MANIFEST, sha256_file
-from lepton_ir import LeptonError, ModelLoadError
+from lepton_backends import get_backend, read_manifest, stage_dir, stage_view
+from lepton_backends.onnx_backend import OrtRunner
+from lepton_ir import LeptonError
 
 
-def _feed(v: Any) -> Any:
-    """Tensors as arrays; sequences (lists) and absent optionals (None) as they are, ORT takes both."""
-    return v if isinstance(v, list) or v is None else np.asarray(v)
+class ArtifactRunner:
+    """Runs the stages of a multi-stage artifact in order."""
 
-
-class OrtRunner:
-    """Runs an `onnx` artifact with ONNX Runtime."""
-
-    def __init__(self, folder: Path, manifest: dict[str, Any]) -> None:
-        import onnxruntime as ort
-
+    def __init__(self, folder: Path, manifest: dict[str, Any], stages: list[tuple[dict[str, Any], Any]]) -> None:
         self.folder = folder
         self.manifest = manifest
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        self.session = ort.InferenceSession(str(folder / manifest.get("entry", "model.onnx")), so,
-                                            providers=["CPUExecutionProvider"])
-        self.input_names = [i.name for i in self.session.get_inputs()]
-        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.stages = stages  # (stage entry, its runner)
+        self.input_names = [i["name"] for i in manifest["inputs"]]
+        self.output_names = [o["name"] for o in manifest["outputs"]]
 
-    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def run(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Outputs by name for inputs by name (missing or unknown names are an error)."""
         missing = [n for n in self.input_names if n not in inputs]
         extra = [n for n in inputs if n not in self.input_names]
         if missing or extra:
-            raise LeptonError(f"inputs do not match the model: missing {missing or 'none'}, unknown {extra or 'none'}; "
-                              f"expected {self.input_names}")
-        try:
-            outs = self.session.run(None, {k: _feed(v) for k, v in inputs.items()})
-        except Exception as e:  # ORT's messages for bad dtypes/shapes are user errors here
-            raise LeptonError(f"ONNX Runtime failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
-        return dict(zip(self.output_names, outs))
+            raise LeptonError(f"inputs do not match the artifact: missing {missing or 'none'}, unknown "
+                              f"{extra or 'none'}; expected {self.input_names}")
+        env: dict[str, Any] = dict(inputs)
+        for stage, runner in self.stages:
+            feed = {s["name"]: env[s["name"]] for s in stage["inputs"]}
+            env.update(runner.run(feed))
+        return {n: env[n] for n in self.output_names}
 
     __call__ = run
 
@@ -66,50 +60,17 @@ def load(artifact: str | os.PathLike, *, rpc: str | None = None, tracker: str | 
 
         return remote_load(artifact, rpc=rpc, tracker=tracker, key=key)
     folder = Path(artifact)
-    mf = folder / MANIFEST
-    if not folder.is_dir() or not mf.is_file():
-        raise ModelLoadError(f"{folder}: not a Lepton artifact folder (no {MANIFEST})")
-    try:
-        manifest = json.loads(mf.read_text())
-    except (OSError, ValueError) as e:
-        raise ModelLoadError(f"{mf}: unreadable manifest ({e})") from None
-    for name, digest in manifest.get("files", {}).items():
-        p = folder / name
-        if Path(name).name != name or not p.is_file():
-            raise ModelLoadError(f"{folder}: file {name!r} listed in the manifest is missing")
-        if sha256_file(p) != digest:
-            raise ModelLoadError(f"{folder}: {name} does not match its sha256 in the manifest (modified or truncated)")
-    backend = manifest.get("backend")
-    if backend == "onnx":
-        return OrtRunner(folder, manifest)
-    if backend == "tvm-cpu":
-        from lepton_backends.tvm import ArtifactError, InputError, load_artifact
-
-        try:
-            return _TvmRunner(load_artifact(folder))
-        except (ArtifactError, InputError) as e:
-            raise ModelLoadError(f"{folder}: {e}") from None
-    raise ModelLoadError(f"{folder}: artifacts of backend {backend!r} cannot be loaded (known: onnx, tvm-cpu)")
+    manifest = read_manifest(folder)
+    runners = []
+    for i, stage in enumerate(manifest["stages"]):
+        backend = get_backend(str(stage.get("backend")))()
+        runner = backend.load(stage_dir(folder, stage), stage_view(manifest, i))
+        runners.append((stage, runner))
+    if len(runners) == 1:
+        runner = runners[0][1]
+        runner.manifest = stage_view(manifest, 0)
+        return runner
+    return ArtifactRunner(folder, manifest, runners)
 
 
-class _TvmRunner:
-    """A TVM artifact runner with the same user-error contract as OrtRunner."""
-
-    def __init__(self, runner: Any) -> None:
-        self.runner = runner
-        self.manifest = runner.manifest
-        self.input_names = [i["name"] for i in runner.manifest["inputs"]]
-        self.output_names = [o["name"] for o in runner.manifest["outputs"]]
-
-    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from lepton_backends.tvm import InputError
-
-        try:
-            return self.runner.run(inputs)
-        except InputError as e:
-            raise LeptonError(str(e)) from None
-
-    __call__ = run
-
-    def benchmark(self, inputs: Mapping[str, np.ndarray], repeat: int = 20, warmup: int = 3) -> dict[str, float]:
-        return self.runner.benchmark(inputs, repeat=repeat, warmup=warmup)
+__all__ = ["load", "OrtRunner", "ArtifactRunner"]

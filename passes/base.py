@@ -12,17 +12,14 @@ Option fields are named in snake_case in Python and kebab-case in pipeline text
 from __future__ import annotations
 
 import dataclasses
-import re
-from typing import Any, Callable, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from lepton_ir import LeptonError, Model
+from lepton_ir.registry import Registry
 
 
 class PassError(LeptonError):
     """A pass cannot be found, configured or run as asked."""
-
-
-_NAME_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,9 +57,20 @@ class Pass:
 
 P = TypeVar("P", bound=type)
 
-_REGISTRY: dict[str, type[Pass]] = {}
-_ORIGIN: dict[str, str] = {}
-_ENTRY_POINTS_LOADED = False
+
+def _check_pass_class(c: type) -> str | None:
+    if not dataclasses.is_dataclass(c) or not c.__dataclass_params__.frozen:  # type: ignore[attr-defined]
+        return f"pass {c.__name__} must be a frozen dataclass (@dataclass(frozen=True))"
+    return None
+
+
+#: Modules holding the built-in passes; imported on first registry access.
+_BUILTIN_MODULES: list[str] = ["lepton_passes.canonicalize", "lepton_passes.legalize", "lepton_passes.fusion",
+                               "lepton_passes.quant"]
+
+#: Every pass by name: built-ins, then plugins of the `lepton.passes` entry-point group (lazily).
+REGISTRY: Registry[type[Pass]] = Registry("pass", Pass, "lepton.passes", _BUILTIN_MODULES, error=PassError,
+                                          check=_check_pass_class, plural="passes")
 
 
 def option_name(field_name: str) -> str:
@@ -71,75 +79,18 @@ def option_name(field_name: str) -> str:
 
 def register_pass(cls: P | None = None, *, origin: str | None = None) -> Any:
     """Class decorator: register a Pass subclass under its `name`. Duplicate names are an error."""
-
-    def deco(c: P) -> P:
-        if not (isinstance(c, type) and issubclass(c, Pass)):
-            raise PassError(f"{c!r} is not a subclass of lepton_passes.Pass")
-        if not dataclasses.is_dataclass(c) or not c.__dataclass_params__.frozen:  # type: ignore[attr-defined]
-            raise PassError(f"pass {c.__name__} must be a frozen dataclass (@dataclass(frozen=True))")
-        name = c.name
-        if not name or not _NAME_RE.match(name):
-            raise PassError(f"pass {c.__name__} needs a kebab-case `name`, got {name!r}")
-        where = origin or f"{c.__module__}.{c.__qualname__}"
-        if name in _REGISTRY and _REGISTRY[name] is not c:
-            raise PassError(f"duplicate pass name {name!r}: registered by {_ORIGIN[name]} and by {where}")
-        _REGISTRY[name] = c
-        _ORIGIN[name] = where
-        return c
-
-    return deco(cls) if cls is not None else deco
-
-
-def _load_entry_points() -> None:
-    """Load plugin passes from the `lepton.passes` entry-point group, once."""
-    global _ENTRY_POINTS_LOADED
-    if _ENTRY_POINTS_LOADED:
-        return
-    _ENTRY_POINTS_LOADED = True
-    from importlib.metadata import entry_points
-
-    for ep in entry_points(group="lepton.passes"):
-        try:
-            obj = ep.load()
-        except Exception as e:  # a broken plugin must not hide the others; say which one
-            raise PassError(f"plugin entry point {ep.name!r} ({ep.value}) failed to load: {e}") from e
-        if isinstance(obj, type) and issubclass(obj, Pass):
-            if obj.name in _REGISTRY and _REGISTRY[obj.name] is obj:
-                continue
-            register_pass(obj, origin=f"entry point {ep.name} ({ep.value})")
-        elif callable(obj):
-            obj()  # a function that registers one or more passes itself
-
-
-def _load_builtins() -> None:
-    import importlib
-
-    for mod in _BUILTIN_MODULES:
-        importlib.import_module(mod)
-
-
-#: Modules holding the built-in passes; imported on first registry access.
-_BUILTIN_MODULES: list[str] = ["lepton_passes.canonicalize", "lepton_passes.legalize", "lepton_passes.fusion",
-                                   "lepton_passes.quant"]
+    return REGISTRY.decorator(cls, origin=origin)
 
 
 def get_pass(name: str) -> type[Pass]:
     """The pass class registered as `name`; PassError listing known names otherwise."""
-    _load_builtins()
-    if name not in _REGISTRY:
-        _load_entry_points()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise PassError(f"unknown pass {name!r}; known passes: {', '.join(sorted(_REGISTRY))}") from None
+    return REGISTRY.get(name)
 
 
 def list_passes() -> dict[str, type[Pass]]:
     """All registered passes (built-in and plugins), by name."""
-    _load_builtins()
-    _load_entry_points()
-    return dict(sorted(_REGISTRY.items()))
+    return REGISTRY.all()
 
 
 def pass_origin(name: str) -> str:
-    return _ORIGIN.get(name, "?")
+    return REGISTRY.origin(name)

@@ -212,14 +212,7 @@ def format_value(v: Any) -> str:
 
 def describe_options(cls: type[Pass]) -> list[tuple[str, str, str, str]]:
     """(option name, type label, default text, help) for each option of a pass class."""
-    hints = _field_types(cls)
-    rows = []
-    for f in cls.options():
-        d = _default(f)
-        rows.append((option_name(f.name), type_label(hints.get(f.name, f.type)),
-                     "(required)" if d is dataclasses.MISSING else format_value(d),
-                     str(f.metadata.get("help", ""))))
-    return rows
+    return describe_fields(cls)
 
 
 def _options_list(cls: type[Pass]) -> str:
@@ -454,6 +447,7 @@ def _convert(raw: _Raw, tp: Any) -> Any:
         for c in choices:
             if (isinstance(c, bool) and raw.kind == "bool" and raw.value is c) or \
                (isinstance(c, str) and raw.kind in ("word", "str") and raw.value == c) or \
+               (isinstance(c, str) and raw.kind in ("none", "bool", "int", "float") and raw.text == c) or \
                (isinstance(c, int) and not isinstance(c, bool) and raw.kind == "int" and raw.value == c):
                 return c
         raise _BadValue("one of " + "|".join(format_value(c) for c in choices), raw.pos)
@@ -499,3 +493,106 @@ def as_pipeline(p: "Pipeline | str | Pass | Sequence[Pass | Fixpoint]") -> Pipel
     if isinstance(p, (Pass, Fixpoint)):
         return Pipeline([p])
     return Pipeline(list(p))
+
+
+# ------------------------------------------------------------------------------------------------
+# Options given as a mapping (backend options, `--option KEY=VALUE`, Python keyword arguments)
+# ------------------------------------------------------------------------------------------------
+def _check_python(v: Any, tp: Any, pos: int = 0) -> Any:
+    """A Python value given for an option of type `tp`, converted where lossless; _BadValue otherwise."""
+    inner = _optional_inner(tp)
+    if inner is not None:
+        return None if v is None else _check_python(v, inner, pos)
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if v in typing.get_args(tp) and type(v) in {type(c) for c in typing.get_args(tp)}:
+            return v
+        raise _BadValue("one of " + "|".join(format_value(c) for c in typing.get_args(tp)), pos)
+    if origin in (tuple, list):
+        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        items = v if isinstance(v, (list, tuple)) else [v]
+        return tuple(_check_python(x, args[0] if args else str, pos) for x in items)
+    if tp is bool and isinstance(v, bool):
+        return v
+    if tp is int and isinstance(v, int) and not isinstance(v, bool):
+        return v
+    if tp is float and isinstance(v, (int, float)) and not isinstance(v, bool):
+        return float(v)
+    if tp is str and isinstance(v, (str, int, float)) and not isinstance(v, bool):
+        return str(v)
+    if tp is Any:
+        return v
+    raise _BadValue(type_label(tp), pos)
+
+
+def _parse_text_value(text: str, tp: Any) -> Any:
+    """`--option key=TEXT`: TEXT read as a pipeline option value of type `tp`."""
+    if tp is str or _optional_inner(tp) is str and text != "none":
+        return text  # paths, JSON, anything: a string option takes the text as written
+    p = _Parser(text)
+    raw = p.value()
+    if p.peek():
+        raise _BadValue(type_label(tp), p.i)
+    return _convert(raw, tp)
+
+
+def describe_fields(cls: type) -> list[tuple[str, str, str, str]]:
+    """(option name, type label, default text, help) for each init field of dataclass `cls`."""
+    hints = _field_types(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        d = _default(f)
+        rows.append((option_name(f.name), str(f.metadata.get("type") or type_label(hints.get(f.name, f.type))),
+                     "(required)" if d is dataclasses.MISSING else format_value(d),
+                     str(f.metadata.get("help", ""))))
+    return rows
+
+
+def build_options(cls: type, values: Any, *, owner: str, error: type[Exception] = PassError) -> Any:
+    """An instance of the frozen dataclass `cls` from `values` (a mapping or an instance).
+
+    Keys are option names (`tune-trials`) or field names (`tune_trials`). A value that is text is
+    read as pipeline option text would be (`--option tune-trials=64`); other values must already
+    have the field's type. A field may carry `metadata={"parse": fn}` for a custom conversion (fn
+    raises ValueError with the reason). Errors name the option, say what was expected and list
+    the options (with "did you mean" for a near miss).
+    """
+    from lepton_ir.registry import did_you_mean
+
+    if values is None:
+        values = {}
+    if isinstance(values, cls):
+        return values
+    fields = {option_name(f.name): f for f in dataclasses.fields(cls) if f.init}
+    hints = _field_types(cls)
+
+    def listing() -> str:
+        rows = describe_fields(cls)
+        return "; ".join(f"{n} ({t}, default {d})" for n, t, d, _ in rows) or "none"
+
+    kwargs: dict[str, Any] = {}
+    for key, val in dict(values).items():
+        f = fields.get(option_name(str(key)))
+        if f is None:
+            raise error(f"{owner} has no option {key!r}{did_you_mean(option_name(str(key)), fields)}; "
+                        f"its options: {listing()}")
+        tp = hints.get(f.name, f.type)
+        try:
+            parse = f.metadata.get("parse")
+            if parse is not None:
+                kwargs[f.name] = parse(val)
+            elif isinstance(val, str):
+                kwargs[f.name] = _parse_text_value(val, tp)
+            else:
+                kwargs[f.name] = _check_python(val, tp)
+        except _BadValue as e:
+            raise error(f"bad value {val!r} for option {option_name(f.name)} of {owner}: expected "
+                        f"{e.expected}") from None
+        except (ValueError, TypeError) as e:
+            raise error(f"bad value {val!r} for option {option_name(f.name)} of {owner}: {e}") from None
+    try:
+        return cls(**kwargs)
+    except (ValueError, TypeError) as e:  # the dataclass's own __post_init__ validation
+        raise error(f"invalid options for {owner}: {e}") from None

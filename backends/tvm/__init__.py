@@ -28,7 +28,6 @@ from .artifact import (
     load_artifact,
     model_sha256,
     read_manifest,
-    write_artifact,
 )
 from .targets import preset_names, resolve_target
 
@@ -49,7 +48,6 @@ __all__ = [
     "read_manifest",
     "resolve_target",
     "to_relax",
-    "write_artifact",
 ]
 
 
@@ -117,25 +115,26 @@ def compile_model(
     database: Any = None,
     export_cc: Callable[..., Any] | None = None,
 ) -> Path:
-    """ONNX model -> artifact directory: :func:`to_relax`, :func:`build`, :func:`write_artifact`.
+    """ONNX model -> artifact folder with TVM alone (no Lepton passes): :func:`to_relax`,
+    :func:`build`, then the one artifact writer (``lepton_backends.artifact``), atomically.
 
     For a cross target (e.g. ``"cortex-a72"``) pass ``export_cc`` (e.g.
-    ``tvm.support.cc.cross_compiler("aarch64-linux-gnu-gcc")``).
+    ``tvm.support.cc.cross_compiler("aarch64-linux-gnu-gcc")``). ``lepton.optimize(...,
+    backend="tvm-cpu")`` is the full path (Lepton's lowering passes first).
     """
+    from lepton_backends.artifact import atomic_dir, write_manifest
+
     from . import lower
+    from .artifact import fill_artifact_dir
 
     tgt = resolve_target(target)
     mod = lower.to_relax(model, input_shapes, target=tgt)
     inputs, outputs = io_specs(model, mod)
     ex = lower.build(mod, tgt, schedule=schedule, database=database)
-    return write_artifact(
-        out_dir,
-        ex,
-        target=tgt,
-        model=model,
-        input_specs=inputs,
-        output_specs=outputs,
-        pipeline_text=lower.pipeline_text(tgt, schedule=schedule, database=database),
-        source_model_sha256=model_sha256(model),
-        export_cc=export_cc,
-    )
+    with atomic_dir(out_dir) as staging:
+        stage = fill_artifact_dir(staging, ex, target=tgt, model=model, input_specs=inputs, output_specs=outputs,
+                                  export_cc=export_cc,
+                                  tvm_pipeline=lower.pipeline_text(tgt, schedule=schedule, database=database))
+        stage.update(name="main", dir=".", options={"schedule": schedule})
+        write_manifest(staging, [stage], pipeline="", source_sha256=model_sha256(model))
+    return Path(out_dir)

@@ -3,9 +3,9 @@
 ``--backend tvm-arm --target cortex-a72`` is the same compile as ``--backend tvm-cpu --target
 cortex-a72``: LLVM for ``aarch64-linux-gnu``, linked with ``aarch64-linux-gnu-gcc``. The separate
 name exists because it is what users type, and it makes ``--target`` optional (cortex-a72) and
-refuses non-ARM targets. The artifact is a normal ``tvm-cpu`` artifact (manifest ``backend``
-``tvm-cpu``, target triple aarch64): ``lepton-run ARTIFACT --rpc HOST:PORT`` runs it on a board or
-on the emulated device (``lepton-device emulate``).
+refuses non-ARM targets. The stage's manifest entry says ``backend: tvm-arm``, ``device: remote``
+and the aarch64 target: ``lepton-run ARTIFACT --rpc HOST:PORT`` runs it on a board or on the
+emulated device (``lepton-device emulate``).
 
 Registered by ``lepton_backends.base._BUILTIN_MODULES`` ("lepton_backends.tvm.arm").
 """
@@ -28,13 +28,11 @@ class TvmArmBackend(TvmCpuBackend):
 
     name = "tvm-arm"
 
-    def build(self, model, staging: Path, *, target: str | None, options: dict[str, Any],
-              pipeline_text: str, source_sha256: str | None) -> None:
+    def build(self, model, staging: Path, *, target: str | None, options: Any) -> dict[str, Any]:
         spec = target or DEFAULT_TARGET
         d = target_dict_for("tvm-arm", spec)
         triple = str(d.get("mtriple") or "")
         if d.get("kind") != "llvm" or not triple.startswith("aarch64"):
             raise BackendError(f"tvm-arm: target {spec!r} is not an aarch64 target; use one of cortex-a53, "
                                "cortex-a55, cortex-a72, cortex-a76, neoverse-n1, neoverse-v1 (or tvm-cpu / tvm-cuda)")
-        super().build(model, staging, target=spec, options=options, pipeline_text=pipeline_text,
-                      source_sha256=source_sha256)
+        return super().build(model, staging, target=spec, options=options)

@@ -1,42 +1,29 @@
-"""Compiled-model artifacts: a directory holding ``model.so`` and ``manifest.json``.
+"""TVM stages of Lepton artifacts: ``model.so`` (a Relax VM executable) in an artifact folder.
 
-Layout::
-
-    OUT/
-      model.so              # TVM Relax VM executable (weights embedded as constants)
-      manifest.json         # inputs/outputs, target JSON, pipeline, versions, sha256 of files
-      manifest.json.sha256  # sha256 of manifest.json (so an edited manifest is refused too)
-
-Writing is atomic: everything is written into a hidden sibling temporary directory, fsynced, and
-only then swapped into place (``renameat2(RENAME_EXCHANGE)`` where the kernel has it, else two
-renames). An interrupted write leaves ``OUT`` as it was (plus, at worst, a hidden
-``.OUT.tmp-*`` directory, which the next write of ``OUT`` removes).
-
-Loading verifies every sha256 before the library is opened, so a tampered or truncated file is
-refused before any of its code runs.
+The folder format, the atomic writer and the verifying reader are ``lepton_backends.artifact``'s,
+shared by every backend; this module writes the library and the stage's manifest entry
+(:func:`fill_artifact_dir`), reads single-stage TVM artifacts (:func:`read_manifest`,
+:func:`load_artifact`) and runs them on this machine's CPU (:class:`Runner`). Loading verifies
+every sha256 before the library is opened, so a tampered or truncated file is refused before any
+of its code runs.
 """
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import hashlib
-import json
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
-MANIFEST = "manifest.json"
-MANIFEST_SHA = "manifest.json.sha256"
+from lepton_backends.artifact import MANIFEST, MANIFEST_SHA, jsonable as _jsonable, sha256_file  # noqa: F401
+
 LIBRARY = "model.so"
-FORMAT = "lepton-artifact"  # shared with the onnx backend (backends/onnx_backend.py)
-FORMAT_VERSION = 1
-BACKEND = "tvm-cpu"
+#: Registry names of the TVM backends, by what the target is (a CUDA artifact says it is CUDA).
+TVM_BACKENDS = ("tvm-cpu", "tvm-arm", "tvm-cuda")
 
 
 class ArtifactError(RuntimeError):
@@ -72,15 +59,6 @@ def _spec(s: SpecLike) -> TensorSpec:
     return s if isinstance(s, TensorSpec) else TensorSpec.from_json(s)
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def model_sha256(model: "onnx.ModelProto | bytes | str | os.PathLike") -> str:  # noqa: F821
     """sha256 of an ONNX model: of its serialized bytes, or of the file at a path."""
     if isinstance(model, (str, os.PathLike)):
@@ -88,22 +66,6 @@ def model_sha256(model: "onnx.ModelProto | bytes | str | os.PathLike") -> str:  
     if isinstance(model, bytes):
         return hashlib.sha256(model).hexdigest()
     return hashlib.sha256(model.SerializeToString(deterministic=True)).hexdigest()
-
-
-def _jsonable(value: Any) -> Any:
-    """Target.export() holds tuples and TVM containers; make them plain JSON."""
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, (bool, int, float, str)) or value is None:
-        return value
-    if hasattr(value, "items"):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    try:
-        return [_jsonable(v) for v in value]
-    except TypeError:
-        return str(value)
 
 
 def _target_json(target: Any) -> dict[str, Any]:
@@ -116,150 +78,19 @@ def _target_json(target: Any) -> dict[str, Any]:
     return _jsonable(target.export())
 
 
-def _versions() -> dict[str, str]:
-    from importlib import metadata
-
-    out = {}
-    for dist in ("lepton", "apache-tvm", "apache-tvm-ffi", "onnx"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = "unknown"
-    return out
+def backend_for_target(target: Mapping[str, Any]) -> str:
+    """The TVM backend name an artifact for `target` (a target dict) belongs to."""
+    if target.get("kind") == "cuda":
+        return "tvm-cuda"
+    triple = str(target.get("mtriple") or "")
+    return "tvm-arm" if triple.startswith("aarch64") else "tvm-cpu"
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-_RENAME_EXCHANGE = 2
-_AT_FDCWD = -100
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE). False if unsupported."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fn = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    rc = fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
-    return rc == 0
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    """Move the finished ``tmp`` directory to ``out``, replacing any existing ``out``."""
-    if not out.exists():
-        os.rename(tmp, out)  # atomic; fails if someone created out meanwhile (then we retry below)
-        return
-    if not out.is_dir():
-        raise ArtifactError(f"{out} exists and is not a directory")
-    if _exchange(tmp, out):
-        shutil.rmtree(tmp, ignore_errors=True)  # tmp now holds the old artifact
-        return
-    # No RENAME_EXCHANGE (non-Linux, old kernel, some filesystems): two renames. The old artifact
-    # is moved aside first, so a crash in between leaves it recoverable, never half-written.
-    old = out.with_name(f".{out.name}.old-{os.getpid()}-{time.time_ns()}")
-    os.rename(out, old)
-    try:
-        os.rename(tmp, out)
-    except BaseException:
-        os.rename(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _clean_stale(out: Path) -> None:
-    """Remove temp dirs left by earlier interrupted writes of ``out`` (by a dead process)."""
-    for p in out.parent.glob(f".{out.name}.tmp-*"):
-        try:
-            pid = int(p.name.rsplit("-", 2)[-2])
-        except (ValueError, IndexError):
-            continue
-        if pid != os.getpid():
-            try:
-                os.kill(pid, 0)
-                continue  # writer still alive
-            except ProcessLookupError:
-                pass
-            except PermissionError:
-                continue
-        shutil.rmtree(p, ignore_errors=True)
-
-
-def write_artifact(
-    out_dir: str | os.PathLike,
-    executable: Any,
-    *,
-    target: Any,
-    model: Any,
-    input_specs: Iterable[SpecLike],
-    output_specs: Iterable[SpecLike],
-    pipeline_text: str,
-    source_model_sha256: str,
-    export_cc: Callable[..., Any] | None = None,
-    extra: Mapping[str, Any] | None = None,
-) -> Path:
-    """Write a compiled model as an artifact directory, atomically.
-
-    Args:
-        out_dir: the directory to create or replace.
-        executable: the ``tvm.relax.Executable`` from :func:`lower.build`.
-        target: the ``tvm.target.Target`` (or target dict / preset name) it was built for.
-        model: the source ``onnx.ModelProto`` or a model name (only its name/opset are recorded).
-        input_specs, output_specs: :class:`TensorSpec` or ``{"name","dtype","shape"}`` dicts, in
-            the VM's argument / result order.
-        pipeline_text: the compilation pipeline, as text (see :func:`lower.pipeline_text`).
-        source_model_sha256: sha256 of the source model (see :func:`model_sha256`).
-        export_cc: ``fcompile`` for ``export_library`` (e.g.
-            ``tvm.support.cc.cross_compiler("aarch64-linux-gnu-gcc")`` when cross-compiling).
-        extra: optional extra JSON-able manifest entries (stored under ``"extra"``).
-
-    Returns:
-        The artifact directory path.
-    """
-    out = Path(out_dir).absolute()
-    # Never swap out (and delete) something that is not an artifact, e.g. a mistyped home folder.
-    if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (out / MANIFEST).is_file())):
-        what = "a file" if not out.is_dir() else "a non-empty folder without manifest.json"
-        raise ArtifactError(f"{out} exists and is {what}; refusing to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _clean_stale(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
-    try:
-        fill_artifact_dir(
-            tmp,
-            executable,
-            target=target,
-            model=model,
-            input_specs=input_specs,
-            output_specs=output_specs,
-            pipeline_text=pipeline_text,
-            source_model_sha256=source_model_sha256,
-            export_cc=export_cc,
-            extra=extra,
-        )
-        for p in tmp.iterdir():  # data on disk before the rename makes it visible
-            with open(p, "rb") as f:
-                os.fsync(f.fileno())
-        os.chmod(tmp, 0o755)  # mkdtemp makes 0700
-        _fsync_dir(tmp)
-        _publish(tmp, out)
-        _fsync_dir(out.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+def device_for_target(target: Mapping[str, Any]) -> str:
+    """Where a library for `target` runs: this host's CPU, a GPU here, or a remote device (RPC)."""
+    if target.get("kind") == "cuda":
+        return "cuda"
+    return "remote" if _host_can_run(target) else "host"
 
 
 def fill_artifact_dir(
@@ -270,14 +101,12 @@ def fill_artifact_dir(
     model: Any,
     input_specs: Iterable[SpecLike],
     output_specs: Iterable[SpecLike],
-    pipeline_text: str,
-    source_model_sha256: str | None,
     export_cc: Callable[..., Any] | None = None,
     extra: Mapping[str, Any] | None = None,
-    options: Mapping[str, Any] | None = None,
+    tvm_pipeline: str = "",
 ) -> dict[str, Any]:
-    """Write the artifact files into an existing empty ``directory`` (no atomicity; see
-    :func:`write_artifact`, or the project's ``atomic_dir`` staging folder). Returns the manifest."""
+    """Write ``model.so`` into ``directory`` and return the stage's manifest entry (the manifest
+    itself is written by ``lepton_backends.artifact.write_manifest``, atomically with the rest)."""
     lib_path = directory / LIBRARY
     if export_cc is not None:
         executable.export_library(str(lib_path), fcompile=export_cc)
@@ -292,69 +121,42 @@ def fill_artifact_dir(
             "producer": f"{model.producer_name} {model.producer_version}".strip(),
             "opset": {o.domain or "ai.onnx": o.version for o in model.opset_import},
         }
-    files = {p.name: sha256_file(p) for p in sorted(directory.iterdir()) if p.is_file()}
-    manifest = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "backend": BACKEND,
+    tdict = _target_json(target)
+    stage: dict[str, Any] = {
+        "backend": backend_for_target(tdict),
         "entry": LIBRARY,
         "model": model_info,
-        "source_sha256": source_model_sha256,
         "inputs": [_spec(s).to_json() for s in input_specs],
         "outputs": [_spec(s).to_json() for s in output_specs],
-        "target": _target_json(target),
-        "pipeline": pipeline_text,
-        "options": _jsonable(dict(options or {})),
-        "versions": _versions(),
-        "files": files,
+        "target": tdict,
+        "device": device_for_target(tdict),
+        "tvm_pipeline": tvm_pipeline,
     }
     if extra:
-        manifest["extra"] = _jsonable(dict(extra))
-    text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
-    (directory / MANIFEST).write_text(text, encoding="utf-8")
-    (directory / MANIFEST_SHA).write_text(hashlib.sha256(text.encode()).hexdigest() + "\n", encoding="utf-8")
-    return manifest
+        stage["extra"] = _jsonable(dict(extra))
+    return stage
 
 
 def read_manifest(path: str | os.PathLike, *, verify: bool = True) -> dict[str, Any]:
-    """Read an artifact's manifest, verifying the sha256 of it and of every file it lists.
+    """The verified manifest of a single-stage TVM artifact, as its stage view (the stage's
+    entry with the artifact-wide fields beside it: `target`, `inputs`, `files`, `pipeline`, ...).
 
     Raises:
-        ArtifactError: one line naming the missing, extra or tampered file.
+        ArtifactError: one line naming the missing, extra or tampered file, or a non-TVM artifact.
     """
+    from lepton_backends.artifact import read_manifest as read_any, stage_view
+    from lepton_ir import ModelLoadError
+
     root = Path(path)
-    mpath = root / MANIFEST
-    if not mpath.is_file():
-        raise ArtifactError(f"{root}: not a Lepton TVM artifact (no {MANIFEST})")
-    raw = mpath.read_bytes()
-    if verify:
-        shapath = root / MANIFEST_SHA
-        if not shapath.is_file():
-            raise ArtifactError(f"artifact {root}: {MANIFEST_SHA} is missing")
-        want = shapath.read_text(encoding="utf-8").strip()
-        if hashlib.sha256(raw).hexdigest() != want:
-            raise ArtifactError(f"artifact {root}: sha256 mismatch for {MANIFEST} (tampered or corrupt); refusing to load")
     try:
-        manifest = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise ArtifactError(f"artifact {root}: {MANIFEST} is not valid JSON ({e})") from None
-    if manifest.get("format") != FORMAT or manifest.get("backend") != BACKEND:
-        raise ArtifactError(
-            f"artifact {root}: not a {BACKEND} artifact (format {manifest.get('format')!r}, "
-            f"backend {manifest.get('backend')!r})"
-        )
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(f"artifact {root}: unsupported format_version {manifest.get('format_version')!r}")
-    if verify:
-        for name, want in manifest["files"].items():
-            p = root / name
-            if not p.is_file():
-                raise ArtifactError(f"artifact {root}: {name} is missing")
-            if sha256_file(p) != want:
-                raise ArtifactError(f"artifact {root}: sha256 mismatch for {name} (tampered or corrupt); refusing to load")
-        if LIBRARY not in manifest["files"]:
-            raise ArtifactError(f"artifact {root}: manifest lists no {LIBRARY}")
-    return manifest
+        manifest = read_any(root, verify=verify)
+    except ModelLoadError as e:
+        raise ArtifactError(str(e)) from None
+    stages = manifest["stages"]
+    if len(stages) != 1 or stages[0].get("backend") not in TVM_BACKENDS:
+        raise ArtifactError(f"artifact {root}: not a single-stage TVM artifact (stages: "
+                            f"{[s.get('backend') for s in stages]}); open it with lepton.load")
+    return stage_view(manifest, 0)
 
 
 def _host_can_run(target: Mapping[str, Any]) -> str | None:
@@ -467,21 +269,24 @@ def _flatten(result: Any) -> list[Any]:
     return out
 
 
+def load_stage(root: Path, stage: Mapping[str, Any]) -> Runner:
+    """Open a verified TVM stage (files in ``root``) on this machine's CPU."""
+    import tvm
+    from tvm.runtime.vm import VirtualMachine  # runtime-only: works without the compiler library
+
+    why = _host_can_run(stage["target"])
+    if why:
+        raise ArtifactError(f"artifact {root}: cannot run here: {why}")
+    lib = tvm.runtime.load_module(str(root / stage.get("entry", LIBRARY)))
+    return Runner(root, dict(stage), VirtualMachine(lib, tvm.cpu()))
+
+
 def load_artifact(path: str | os.PathLike) -> Runner:
-    """Verify and load an artifact directory for running on this machine's CPU.
+    """Verify and load a single-stage TVM artifact for running on this machine's CPU.
 
     Raises:
         ArtifactError: missing/tampered files (checked before loading any code) or an artifact
             built for another architecture or a GPU.
     """
-    import tvm
-    from tvm.runtime.vm import VirtualMachine  # runtime-only: works without the compiler library
-
     root = Path(path)
-    manifest = read_manifest(root, verify=True)
-    why = _host_can_run(manifest["target"])
-    if why:
-        raise ArtifactError(f"artifact {root}: cannot run here: {why}")
-    lib = tvm.runtime.load_module(str(root / LIBRARY))
-    vm = VirtualMachine(lib, tvm.cpu())
-    return Runner(root, manifest, vm)
+    return load_stage(root, read_manifest(root, verify=True))

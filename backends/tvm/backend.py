@@ -1,90 +1,160 @@
-"""The ``tvm-cpu`` entry in the project's backend registry (``lepton_backends.get_backend``).
+"""The ``tvm-cpu`` backend (``tvm-arm`` and ``tvm-cuda`` subclass it): a stage holding a TVM library.
 
-``compile()`` (inherited) stages the artifact atomically through ``lepton_backends.atomic_dir``;
-``build()`` exports the IR to ONNX and runs this package's import/lower/build/artifact steps.
+``lowering_pipeline`` (Lepton passes, run by the caller's PassManager on a copy of the model) makes
+the model importable: pinned input shapes, fused ops lowered, QDQ groups turned into integer ops,
+legalizations, cleanup. ``build`` imports it into Relax, optionally tunes, compiles and writes
+``model.so``; ``load`` opens such a stage on this machine.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Mapping
 
 from lepton_backends.base import Backend, BackendError, register_backend
 
 
-def _parse_shapes(value: Any) -> dict[str, list[int]] | None:
-    """``input-shapes`` option: a dict, or JSON text like ``{"x": [1, 3, 224, 224]}``."""
-    if value is None or value == "":
+def _parse_shapes(value: Any) -> dict[str, tuple[int, ...]] | None:
+    """``input-shapes``: a dict, JSON text like ``{"x": [1, 3, 224, 224]}``, or ``x=1x3x224x224[,y=...]``."""
+    if value is None or value == "" or value == {}:
         return None
     if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as e:
-            raise BackendError(f"tvm-cpu: input-shapes must be JSON like {{\"x\": [1, 3, 224, 224]}}: {e}") from None
-    if not isinstance(value, dict):
-        raise BackendError("tvm-cpu: input-shapes must map input names to shapes")
-    return {str(k): [int(d) for d in v] for k, v in value.items()}
+        text = value.strip()
+        if text.startswith("{"):
+            try:
+                value = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise ValueError(f'expected JSON like {{"x": [1, 3, 224, 224]}} ({e})') from None
+        else:
+            from lepton_passes.canonicalize.pin_input_shapes import parse_shape
+
+            value = dict(parse_shape(part) for part in text.split(",") if part.strip())
+    if not isinstance(value, Mapping):
+        raise ValueError("expected a mapping of input names to shapes")
+    try:
+        return {str(k): tuple(int(d) for d in v) for k, v in value.items()}
+    except (TypeError, ValueError):
+        raise ValueError("shapes must be lists of ints") from None
+
+
+def _non_negative(value: Any) -> int | None:
+    if value is None or value == "" or value is False:
+        return None
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise ValueError("expected a non-negative integer") from None
+    if n < 0 or isinstance(value, bool) or (isinstance(value, float) and value != n):
+        raise ValueError("expected a non-negative integer")
+    return n
+
+
+def _opt(default: Any = None, help: str = "", **meta: Any) -> Any:
+    return dataclasses.field(default=default, metadata={"help": help, **meta})
+
+
+@dataclasses.dataclass(frozen=True)
+class TvmOptions:
+    """Options of the TVM backends (tvm-cpu, tvm-arm, tvm-cuda)."""
+
+    input_shapes: dict[str, tuple[int, ...]] | None = _opt(
+        help='pin symbolic input dims so TVM specialises kernels: x=1x3x224x224[,y=...] or JSON {"x": [1, 3, 224, 224]}',
+        parse=_parse_shapes, type="shapes")
+    schedule: Literal["auto", "none"] = _opt("auto", "auto: search-free CPU schedules (GPU: dlight rules); none: naive TVM loops")
+    tuning_db: str | None = _opt(help="folder of a MetaSchedule JSON database to take tuned kernels from (and to tune "
+                                      "into); default with tune-trials: ~/.cache/lepton/tuning/<target-hash>")
+    tune_trials: int | None = _opt(help="MetaSchedule trials to spend on kernels not yet in the tuning database "
+                                        "(0: only reuse it)", parse=_non_negative, type="int")
+    cross_cc: str | None = _opt(help="C compiler for cross targets (default aarch64-linux-gnu-gcc for aarch64 targets)")
+    tune_rpc: str | None = _opt(help="HOST:PORT of a TVM RPC server: tuning measures candidates on that device "
+                                     "(needed for cross targets)")
+    tune_tracker: str | None = _opt(help="HOST:PORT of a TVM RPC tracker: tuning measures on a device it hands out "
+                                         "(with tune-key)")
+    tune_key: str | None = _opt(help="device key to ask the tune-tracker for")
+
+
+#: Lepton passes run on a copy of the model before TVM sees it: lower fused ops (if any), turn
+#: quant8's QDQ Conv/MatMul/Gemm groups into ConvInteger/MatMulInteger (int8 x int8 -> int32; TVM
+#: would otherwise import them as float compute between dequantize/quantize), legalize the ops TVM's
+#: importer lacks, then clean up again (canonicalize), so TVM imports standard ops with constant shapes.
+#: `legalize{integer-ops=false}`: TVM lowers MatMulInteger (its importer) and ConvInteger
+#: (converters.py) natively with int32 accumulation, so their exact-float rewrite is not wanted.
+#: `conv-transpose-to-depth-to-space`: kernel == stride ConvTransposes (upsampling heads) as a 1x1
+#: Conv + DepthToSpace, which TVM's schedules run several times faster.
+PRE_LOWERING = ("lower-fused-to-standard,qdq-to-integer,conv-transpose-to-depth-to-space,legalize{integer-ops=false},"
+                "canonicalize")
+
+
+def lowering_text(input_shapes: Mapping[str, Any] | None) -> str:
+    """PRE_LOWERING, preceded by `pin-input-shapes` when shapes are given."""
+    if not input_shapes:
+        return PRE_LOWERING
+    from lepton_passes.canonicalize.pin_input_shapes import format_shape
+    from lepton_passes.pipeline import format_value
+
+    shapes = [format_shape(k, v) for k, v in input_shapes.items()]
+    return f"pin-input-shapes{{shapes={format_value(shapes)}}}," + PRE_LOWERING
 
 
 @register_backend
 class TvmCpuBackend(Backend):
-    """TVM-compiled shared library for CPUs (model.so + manifest.json); ARM presets cross-compile."""
+    """TVM-compiled shared library for CPUs (model.so + manifest.json); search-free schedules, optional tuning."""
 
     name = "tvm-cpu"
     default_pipeline = "canonicalize"
+    Options = TvmOptions
     #: TVM must know shape-determining values (Reshape shape, Reduce axes, ...) at compile time;
     #: lepton.onnx_backend specialises on such inputs (bind-inputs) for backends that say so.
     needs_static_shape_values = True
-    option_help = {
-        "input-shapes": 'JSON {"input": [dims]} pinning symbolic dims (lets TVM specialise kernels)',
-        "schedule": "auto (default: search-free CPU schedules) or none (naive TVM loops)",
-        "tuning-db": "folder of a MetaSchedule JSON database to take tuned kernels from (and to tune into); "
-                     "default with tune-trials: ~/.cache/lepton/tuning/<target-hash>",
-        "tune-trials": "MetaSchedule trials to spend on kernels not yet in the tuning database (0: only reuse it)",
-        "cross-cc": "C compiler for cross targets (default aarch64-linux-gnu-gcc for aarch64 targets)",
-        "tune-rpc": "HOST:PORT of a TVM RPC server: tuning measures candidates on that device (needed for cross targets)",
-        "tune-tracker": "HOST:PORT of a TVM RPC tracker: tuning measures on a device it hands out (with tune-key)",
-        "tune-key": "device key to ask the tune-tracker for",
-    }
 
-    def build(self, model, staging: Path, *, target: str | None, options: dict[str, Any],
-              pipeline_text: str, source_sha256: str | None) -> None:
-        """Compile ``model`` (a ``lepton_ir.Model``) for ``target`` (preset/JSON; default native)."""
+    def lowering_pipeline(self, target: str | None, options: TvmOptions) -> str:
+        return lowering_text(options.input_shapes)
+
+    def resolve(self, target: str | None):
+        """The TVM target for `target` (preset, JSON or TVM string; default native)."""
+        from .targets import resolve_target
+
+        try:
+            return resolve_target(target or "native")
+        except ValueError as e:
+            raise BackendError(f"{self.name}: {e}") from None
+
+    def build(self, model, staging: Path, *, target: str | None, options: TvmOptions) -> dict[str, Any]:
+        """Compile ``model`` (a lowered ``lepton_ir.Model``) for ``target`` into ``staging``."""
         import shutil
 
         import lepton_ir
 
         from . import io_specs, lower
         from .artifact import fill_artifact_dir
-        from .targets import resolve_target
 
-        try:
-            tgt = resolve_target(target or "native")
-        except ValueError as e:
-            raise BackendError(f"{self.name}: {e}") from None
-        schedule = str(options.get("schedule", "auto"))
+        tgt = self.resolve(target)
+        schedule = options.schedule
         database = None
-        tune_trials = _parse_trials(options.get("tune-trials"))
+        tune_trials = options.tune_trials
         db_dir = None
-        if options.get("tuning-db") or tune_trials is not None:
+        if options.tuning_db or tune_trials is not None:
             from .tune import default_database_dir, tuning_target
 
             tgt = tuning_target(tgt)
-            db_dir = Path(str(options["tuning-db"])).expanduser() if options.get("tuning-db") else default_database_dir(tgt)
+            db_dir = Path(options.tuning_db).expanduser() if options.tuning_db else default_database_dir(tgt)
         export_cc = None
         cc = None
         triple = str(tgt.attrs.get("mtriple", "") or "") if tgt.kind.name == "llvm" else ""
         if triple and not triple.startswith(_host_arch()):
-            cc = str(options.get("cross-cc") or ("aarch64-linux-gnu-gcc" if triple.startswith("aarch64") else ""))
+            cc = options.cross_cc or ("aarch64-linux-gnu-gcc" if triple.startswith("aarch64") else "")
             if not cc or shutil.which(cc) is None:
                 raise BackendError(f"{self.name}: cross target {triple} needs a C cross compiler ({cc or 'cross-cc option'}) on PATH")
             import tvm
 
             export_cc = tvm.support.cc.cross_compiler(cc)
-        onnx_model = lepton_ir.to_onnx(prepare_for_tvm(model, _parse_shapes(options.get("input-shapes"))))
+        model.verify()
+        onnx_model = lepton_ir.to_onnx(model)
+        shapes = {k: list(v) for k, v in options.input_shapes.items()} if options.input_shapes else None
         try:
-            mod = lower.to_relax(onnx_model, _parse_shapes(options.get("input-shapes")), target=tgt)
+            mod = lower.to_relax(onnx_model, shapes, target=tgt)
             inputs, outputs = io_specs(onnx_model, mod)
             if db_dir is not None:
                 database = _tuned_database(mod, tgt, db_dir, tune_trials, _tuning_runner(options, bool(export_cc)),
@@ -96,19 +166,44 @@ class TvmCpuBackend(Backend):
             lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
             raise BackendError(f"{self.name}: TVM could not compile the model: {lines[-1] if lines else type(e).__name__}"
                                + _bind_hint(model)) from e
-        text = pipeline_text + ("\n" if pipeline_text else "") + "[tvm]\n" + lower.pipeline_text(tgt, schedule=schedule, database=database)
-        fill_artifact_dir(
-            staging,
-            ex,
-            target=tgt,
-            model=onnx_model,
-            input_specs=inputs,
-            output_specs=outputs,
-            pipeline_text=text,
-            source_model_sha256=source_sha256,
-            export_cc=export_cc,
-            options=options,
-        )
+        return fill_artifact_dir(staging, ex, target=tgt, model=onnx_model, input_specs=inputs, output_specs=outputs,
+                                 export_cc=export_cc,
+                                 tvm_pipeline=lower.pipeline_text(tgt, schedule=schedule, database=database))
+
+    def load(self, folder: Path, stage: dict[str, Any]):
+        from lepton_ir import ModelLoadError
+
+        from .artifact import ArtifactError, load_stage
+
+        try:
+            return TvmRunner(load_stage(folder, stage))
+        except ArtifactError as e:
+            raise ModelLoadError(str(e)) from None
+
+
+class TvmRunner:
+    """A TVM stage runner with the same user-error contract as the ONNX Runtime one."""
+
+    def __init__(self, runner: Any) -> None:
+        self.runner = runner
+        self.manifest = runner.manifest
+        self.input_names = [i["name"] for i in runner.manifest["inputs"]]
+        self.output_names = [o["name"] for o in runner.manifest["outputs"]]
+
+    def run(self, inputs):
+        from lepton_ir import LeptonError
+
+        from .artifact import InputError
+
+        try:
+            return self.runner.run(inputs)
+        except InputError as e:
+            raise LeptonError(str(e)) from None
+
+    __call__ = run
+
+    def benchmark(self, inputs, repeat: int = 20, warmup: int = 3) -> dict[str, float]:
+        return self.runner.benchmark(inputs, repeat=repeat, warmup=warmup)
 
 
 def _bind_hint(model) -> str:
@@ -126,36 +221,21 @@ def _bind_hint(model) -> str:
             f"e.g. --passes 'bind-inputs{{values=[{example}]}},canonicalize')")
 
 
-def _parse_trials(value: Any) -> int | None:
-    """``tune-trials`` option: None when absent, else a non-negative int."""
-    if value is None or value == "" or value is False:
-        return None
-    try:
-        n = int(value)
-    except (TypeError, ValueError):
-        raise BackendError(f"tvm-cpu: tune-trials must be a non-negative integer, not {value!r}") from None
-    if n < 0:
-        raise BackendError(f"tvm-cpu: tune-trials must be a non-negative integer, not {n}")
-    return n
-
-
-def _tuning_runner(options: dict[str, Any], cross: bool):
+def _tuning_runner(options: TvmOptions, cross: bool):
     """MetaSchedule runner for the ``tune-rpc`` / ``tune-tracker`` options (None: measure here).
 
     A cross target's kernels cannot run on this host, so tuning one needs a remote device.
     """
-    rpc, tracker, key = options.get("tune-rpc"), options.get("tune-tracker"), options.get("tune-key")
-    trials = _parse_trials(options.get("tune-trials"))
+    rpc, tracker, key = options.tune_rpc, options.tune_tracker, options.tune_key
     if not rpc and not tracker:
-        if cross and trials:
+        if cross and options.tune_trials:
             raise BackendError("tvm-cpu: tuning for a cross target measures on the device: give tune-rpc HOST:PORT "
                                "(lepton-opt --tune-rpc) or tune-tracker HOST:PORT with tune-key")
         return None
     from .tune import remote_runner
 
     try:
-        return remote_runner(rpc=str(rpc) if rpc else None, tracker=str(tracker) if tracker else None,
-                             key=str(key) if key else None)
+        return remote_runner(rpc=rpc, tracker=tracker, key=key)
     except ValueError as e:
         raise BackendError(f"tvm-cpu: {e}") from None
 
@@ -176,42 +256,14 @@ def _tuned_database(mod, tgt, db_dir: Path, trials: int | None, runner=None, cro
     return res.database
 
 
-#: Lepton passes run on a copy of the model before TVM sees it: lower fused ops (if any), turn
-#: quant8's QDQ Conv/MatMul/Gemm groups into ConvInteger/MatMulInteger (int8 x int8 -> int32; TVM
-#: would otherwise import them as float compute between dequantize/quantize), legalize the ops TVM's
-#: importer lacks, then clean up again (canonicalize), so TVM imports standard ops with constant shapes.
-#: `legalize{integer-ops=false}`: TVM lowers MatMulInteger (its importer) and ConvInteger
-#: (converters.py) natively with int32 accumulation, so their exact-float rewrite is not wanted.
-#: `conv-transpose-to-depth-to-space`: kernel == stride ConvTransposes (upsampling heads) as a 1x1
-#: Conv + DepthToSpace, which TVM's schedules run several times faster.
-PRE_LOWERING = ("lower-fused-to-standard,qdq-to-integer,conv-transpose-to-depth-to-space,legalize{integer-ops=false},"
-                "canonicalize")
-
-
-def prepare_for_tvm(model, input_shapes: dict[str, list[int]] | None = None):
-    """A copy of `model` ready for TVM's importer (the user's model object is left untouched)."""
-    import lepton_ir
+def prepare_for_tvm(model, input_shapes: Mapping[str, Any] | None = None):
+    """A copy of `model` lowered as the TVM backends lower it (the user's model is left untouched)."""
     from lepton_ir.clone import clone_model
-    from lepton_passes import parse_pipeline
+    from lepton_passes import PassManager
 
     work = clone_model(model)
-    if input_shapes:
-        lepton_ir.pin_input_shapes(work, input_shapes)
-    for p in parse_pipeline(PRE_LOWERING).passes():
-        p.run(work)
-        # Rewrites can leave a replacement after a user of its output (ddddocr-old's ConvIntegers
-        # under legalize-integer-ops did); a stable topological sort repairs the order.
-        _sort_graphs(work.graph)
-    work.verify()
+    PassManager(lowering_text(_parse_shapes(input_shapes) if input_shapes else None)).run(work)
     return work
-
-
-def _sort_graphs(graph) -> None:
-    """Topologically sort ``graph`` and its subgraphs (stable: a sorted graph is unchanged)."""
-    graph.sort()
-    for node in list(graph):
-        for sub in node.subgraphs():
-            _sort_graphs(sub)
 
 
 def target_dict_for(backend: str, spec: str):

@@ -12,8 +12,9 @@ for exactly the target's architecture and returns a **fatbin** holding the ``sm_
 runs without any compiler or JIT) plus ``compute_XX`` PTX (lets newer GPUs JIT it). The manifest
 records this under ``extra.cuda`` = ``{"device_code": "fatbin", "arch": "sm_80", "nvcc": "13.0"}``.
 
-The artifact is a ``tvm-cpu``-format artifact with a CUDA target; ``scripts/cuda_check.sh`` runs
-such artifacts on a GPU machine and compares them with ONNX Runtime.
+The stage's manifest entry says ``backend: tvm-cuda``, ``device: cuda``; ``lepton.load`` opens it
+on this machine's GPU (``load_cuda_artifact``), and ``scripts/cuda_check.sh`` runs such artifacts
+on a GPU machine and compares them with ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -113,8 +114,7 @@ class TvmCudaBackend(TvmCpuBackend):
 
     name = "tvm-cuda"
 
-    def build(self, model, staging: Path, *, target: str | None, options: dict[str, Any],
-              pipeline_text: str, source_sha256: str | None) -> None:
+    def build(self, model, staging: Path, *, target: str | None, options: Any) -> dict[str, Any]:
         spec = target or DEFAULT_TARGET
         d = target_dict_for("tvm-cuda", spec)
         if d.get("kind") != "cuda" or not str(d.get("arch", "")).startswith("sm_"):
@@ -125,8 +125,7 @@ class TvmCudaBackend(TvmCpuBackend):
         if nvcc is None:
             raise BackendError("tvm-cuda: nvcc (CUDA toolkit) is not on PATH; it is needed to compile device code")
         with capture_cuda_source() as sources:
-            super().build(model, staging, target=spec, options=options, pipeline_text=pipeline_text,
-                          source_sha256=source_sha256)
+            stage = super().build(model, staging, target=spec, options=options)
         if not sources:
             raise BackendError(f"tvm-cuda: TVM produced no CUDA kernels for {arch}")
         kernels = {}
@@ -135,44 +134,48 @@ class TvmCudaBackend(TvmCpuBackend):
             fname = f"{KERNEL_PREFIX}{key[:16]}.fatbin"
             (staging / fname).write_bytes(compile_fatbin(code, arch, nvcc))
             kernels[key] = fname
-        _record_device_code(staging, {"device_code": "fatbin", "arch": arch, "nvcc": nvcc_version(nvcc),
-                                      "kernels": kernels})
+        stage.setdefault("extra", {})["cuda"] = {"device_code": "fatbin", "arch": arch, "nvcc": nvcc_version(nvcc),
+                                                 "kernels": kernels}
+        return stage
+
+    def load(self, folder: Path, stage: dict[str, Any]):
+        from lepton_ir import ModelLoadError
+
+        from .artifact import ArtifactError
+        from .backend import TvmRunner
+
+        try:
+            return TvmRunner(load_cuda_stage(folder, stage))
+        except ArtifactError as e:
+            raise ModelLoadError(str(e)) from None
 
 
 KERNEL_PREFIX = "cuda-kernels-"
 
 
-def _record_device_code(staging: Path, info: dict[str, Any]) -> None:
-    """Add ``extra.cuda`` and the fatbin files to the staged manifest and re-seal its sha256."""
-    import json
-
-    from .artifact import MANIFEST, MANIFEST_SHA, sha256_file
-
-    m = json.loads((staging / MANIFEST).read_text())
-    m.setdefault("extra", {})["cuda"] = info
-    for fname in info["kernels"].values():
-        m["files"][fname] = sha256_file(staging / fname)
-    text = json.dumps(m, indent=2, sort_keys=True) + "\n"
-    (staging / MANIFEST).write_text(text, encoding="utf-8")
-    (staging / MANIFEST_SHA).write_text(hashlib.sha256(text.encode()).hexdigest() + "\n", encoding="utf-8")
-
-
 def load_cuda_artifact(path: str | os.PathLike, device_id: int = 0):
-    """Load a ``tvm-cuda`` artifact on this machine's GPU, without any CUDA compiler.
+    """Verify and load a single-stage ``tvm-cuda`` artifact on this machine's GPU (see
+    :func:`load_cuda_stage`)."""
+    from .artifact import read_manifest
+
+    root = Path(path)
+    return load_cuda_stage(root, read_manifest(root, verify=True), device_id)
+
+
+def load_cuda_stage(root: Path, manifest: dict[str, Any], device_id: int = 0):
+    """Open a verified ``tvm-cuda`` stage on this machine's GPU, without any CUDA compiler.
 
     TVM 0.27 stores CUDA kernels in ``model.so`` as source (format ``cuda``) and compiles them when
     the library is loaded, through ``tvm_callback_cuda_compile``. Here that callback answers with
-    the fatbin nvcc built at compile time (looked up by the source's sha256; every file's hash is
-    verified first), so nothing is compiled on the GPU machine.
+    the fatbin nvcc built at compile time (looked up by the source's sha256; every file's hash was
+    verified when the artifact was read), so nothing is compiled on the GPU machine.
     """
     import tvm
     import tvm_ffi
     from tvm.runtime.vm import VirtualMachine
 
-    from .artifact import LIBRARY, ArtifactError, Runner, read_manifest
+    from .artifact import LIBRARY, ArtifactError, Runner
 
-    root = Path(path)
-    manifest = read_manifest(root, verify=True)
     info = (manifest.get("extra") or {}).get("cuda")
     if manifest["target"].get("kind") != "cuda" or not info:
         raise ArtifactError(f"artifact {root}: not a tvm-cuda artifact with precompiled kernels")

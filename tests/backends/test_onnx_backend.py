@@ -68,14 +68,16 @@ def test_compile_writes_model_and_manifest(tmp_path: Path) -> None:
     m = make_model()
     out = get_backend("onnx")().compile(m, tmp_path / "art", pipeline_text="tb-x", source_sha256="ab" * 32)
     assert out == tmp_path / "art"
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "model.onnx"]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "manifest.json.sha256", "model.onnx"]
     mf = json.loads((out / MANIFEST).read_text())
     assert mf["backend"] == "onnx" and mf["format"] == "lepton-artifact" and mf["pipeline"] == "tb-x"
     assert mf["inputs"] == [{"name": "x", "dtype": "float32", "shape": ["N", 3]}]
     assert mf["outputs"] == [{"name": "y", "dtype": "float32", "shape": ["N", 3]}]
     assert mf["files"] == {"model.onnx": sha(out / "model.onnx")}
     assert mf["source_sha256"] == "ab" * 32
-    assert set(mf["versions"]) == {"lepton", "onnx", "onnxruntime"} and mf["versions"]["onnxruntime"] == ort.__version__
+    assert {"lepton", "onnx", "onnxruntime"} <= set(mf["versions"]) and mf["versions"]["onnxruntime"] == ort.__version__
+    assert [s["backend"] for s in mf["stages"]] == ["onnx"] and mf["stages"][0]["entry"] == "model.onnx"
+    assert (out / "manifest.json.sha256").read_text().strip() == sha(out / MANIFEST)
     assert leftovers(tmp_path) == []
     sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
     (y,) = sess.run(None, {"x": np.zeros((2, 3), np.float32)})
@@ -126,7 +128,7 @@ class HalfWriter(Backend):
     def __init__(self, exc: BaseException) -> None:
         self.exc = exc
 
-    def build(self, model: lepton_ir.Model, staging: Path, **kw: Any) -> None:
+    def build(self, model: lepton_ir.Model, staging: Path, **kw: Any) -> dict:
         (staging / "part.bin").write_bytes(b"\0" * 1000)
         raise self.exc
 
@@ -175,3 +177,18 @@ def test_load_detects_tampering_and_non_artifacts(tmp_path: Path) -> None:
         lepton.load(out)
     with pytest.raises(ModelLoadError, match="not a Lepton artifact"):
         lepton.load(tmp_path)
+
+
+def test_load_refuses_an_edited_manifest(tmp_path: Path) -> None:
+    """Every artifact kind seals its manifest: editing it (here: the inputs) is refused."""
+    out = get_backend("onnx")().compile(make_model(), tmp_path / "art")
+    mf = json.loads((out / MANIFEST).read_text())
+    mf["outputs"][0]["name"] = "z"
+    (out / MANIFEST).write_text(json.dumps(mf))
+    with pytest.raises(ModelLoadError, match="manifest.json does not match its sha256"):
+        lepton.load(out)
+
+
+def test_artifact_folders_are_world_readable(tmp_path: Path) -> None:
+    out = get_backend("onnx")().compile(make_model(), tmp_path / "art")
+    assert (out.stat().st_mode & 0o777) == 0o755

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from lepton_backends import BackendError
+
 tvm = pytest.importorskip("tvm")
 
 from lepton_backends.tvm import (  # noqa: E402
@@ -136,7 +138,8 @@ def test_manifest_contents(artifacts):
     assert m["inputs"] == [{"name": "x", "dtype": "float32", "shape": [3, 12]}]
     assert m["outputs"] == [{"name": "y", "dtype": "float32", "shape": [3, 5]}]
     assert m["target"]["kind"] == "llvm"
-    assert "TiledReduction" in m["pipeline"] and "FuseTIR" in m["pipeline"]
+    assert "TiledReduction" in m["tvm_pipeline"] and "FuseTIR" in m["tvm_pipeline"]
+    assert m["backend"] == "tvm-cpu" and m["device"] == "host" and m["entry"] == "model.so"
     assert set(m["versions"]) >= {"lepton", "apache-tvm", "onnx"}
     assert set(m["files"]) == {"model.so"} and len(m["source_sha256"]) == 64
     assert m["source_sha256"] == lower_sha(testing.symbolic_batch_mlp())
@@ -198,7 +201,7 @@ def test_tampered_library_refused(artifacts, tmp_path):
     with pytest.raises(ArtifactError) as e:
         load_artifact(art)
     msg = str(e.value)
-    assert "model.so" in msg and "sha256 mismatch" in msg and "\n" not in msg
+    assert "model.so" in msg and "does not match its sha256" in msg and "\n" not in msg
 
 
 def test_tampered_manifest_and_missing_file_refused(artifacts, tmp_path):
@@ -209,7 +212,7 @@ def test_tampered_manifest_and_missing_file_refused(artifacts, tmp_path):
         load_artifact(art)
     art2 = _copy(artifacts["matmul_softmax"], tmp_path / "m2")
     (art2 / "model.so").unlink()
-    with pytest.raises(ArtifactError, match="model.so is missing"):
+    with pytest.raises(ArtifactError, match="file 'model.so' listed in the manifest is missing"):
         load_artifact(art2)
 
 
@@ -236,7 +239,7 @@ def test_atomic_replace_and_failed_write(tmp_path):
     precious = tmp_path / "precious"
     precious.mkdir()
     (precious / "notes.txt").write_text("keep me")
-    with pytest.raises(ArtifactError, match="refusing to replace"):
+    with pytest.raises(BackendError, match="refusing to replace"):
         compile_model(model, precious, target="native")
     assert (precious / "notes.txt").read_text() == "keep me"
 
@@ -361,7 +364,8 @@ def test_cuda_preset_compiles_with_dlight(tmp_path):
     """CUDA kernels need thread bindings to compile at all: dlight's GPU rules provide them."""
     out = compile_model(testing.matmul_softmax(), tmp_path / "cuda", target="sm_80")
     m = read_manifest(out)
-    assert m["target"]["kind"] == "cuda" and "dlight.gpu.Matmul" in m["pipeline"]
+    assert m["target"]["kind"] == "cuda" and "dlight.gpu.Matmul" in m["tvm_pipeline"]
+    assert m["backend"] == "tvm-cuda" and m["device"] == "cuda"
     with pytest.raises(ArtifactError, match="needs a GPU runner"):
         load_artifact(out)
 

@@ -82,10 +82,12 @@ def test_fatbin_hash_is_checked(tmp_path):
     out = tmp_path / "d"
     lepton.optimize(str(path), passes="canonicalize", backend="tvm-cuda", target="sm_80", output=out,
                     input_shapes=shapes)
-    fname = next(iter(json.loads((out / "manifest.json").read_text())["extra"]["cuda"]["kernels"].values()))
+    stage = json.loads((out / "manifest.json").read_text())["stages"][0]
+    assert stage["backend"] == "tvm-cuda" and stage["device"] == "cuda"  # a CUDA artifact says it is CUDA
+    fname = next(iter(stage["extra"]["cuda"]["kernels"].values()))
     with open(out / fname, "ab") as f:
         f.write(b"\0")
-    with pytest.raises(ArtifactError, match=f"sha256 mismatch for {fname}"):
+    with pytest.raises(ArtifactError, match=f"{fname} does not match its sha256"):
         tvm_cuda.load_cuda_artifact(out)
 
 
