@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence, Union
 
+from .analysis import is_sorted
 from .clone import clone_graph, clone_model, clone_node
 from .errors import RegionError
 from .ir import Function, Graph, Model, Node, Value
@@ -380,8 +381,6 @@ def replace_region(model: Model, inputs: Sequence[ValueRef], outputs: Sequence[V
     g.remove(region.nodes)
     for old, new in zip(outs, node.outputs):
         new.name = old.name
-    from .analysis import is_sorted
-
     if not is_sorted(g):  # an input may be produced after the region's first node
         g.sort()
     return node

@@ -21,7 +21,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Mapping, Sequence
 
 from .errors import LeptonError, UnsupportedError
-from .ir import Graph, Model, Node, Value
+from .extract import _top_node  # a subgraph's read is charged to the node holding the subgraph
+from .ir import Graph, Model, Value
 from .types import Shape, TensorType, Type
 
 if TYPE_CHECKING:
@@ -90,12 +91,6 @@ def unsized_values(model: Model, shapes: Mapping[str, Sequence[int]] | None = No
 
 def _name(v: Value) -> str:
     return v.name if v.name else f"<unnamed {id(v):x}>"
-
-
-def _top_node(node: Node, graph: Graph) -> Node:
-    while node.graph is not graph:
-        node = node.graph.parent  # a subgraph's node: charge its read to the node holding it
-    return node
 
 
 def _resolved_types(model: Model, shapes: Mapping[str, Sequence[int]]) -> dict[int, Type | None]:

@@ -287,6 +287,12 @@ def test_split_stages_recomputes_what_a_later_stage_needs():
     assert_bit_identical(run_stages(stages, {"x": X23}, ort_run, ["y"]), want, ["y"])
 
 
+def test_run_stages_names_a_missing_feed():
+    stages = split_stages(from_text(RESIDUAL), [["a"]])
+    with pytest.raises(RegionError, match="stage 0 reads 'x', which neither the feeds nor an earlier stage provide"):
+        run_stages(stages, {}, ort_run)
+
+
 # -- random models (hypothesis) ---------------------------------------------------------------------
 def _activations(model: lepton_ir.Model) -> list[str]:
     return [o.name for n in model.graph for o in n.outputs if o.name]
