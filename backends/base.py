@@ -132,7 +132,8 @@ class Backend:
         with atomic_dir(out_dir) as staging:
             stage = self.build_stage(model, staging, target=target, options=options, run_pipeline=run_pipeline)
             stage.update(name="main", dir=".")
-            write_manifest(staging, [stage], pipeline=pipeline_text, source_sha256=source_sha256)
+            manifest = write_manifest(staging, [stage], pipeline=pipeline_text, source_sha256=source_sha256)
+            check_loads(staging, manifest, [self])
         return Path(out_dir)
 
 
@@ -175,8 +176,30 @@ def compile_stages(stages: Sequence[StageSpec], out_dir: str | os.PathLike, *, p
             entry = be.build_stage(s.model, folder, target=s.target, options=s.options, run_pipeline=run_pipeline)
             entry.update(name=name, dir=name)
             entries.append(entry)
-        write_manifest(staging, entries, pipeline=pipeline_text, source_sha256=source_sha256, outputs=outputs)
+        manifest = write_manifest(staging, entries, pipeline=pipeline_text, source_sha256=source_sha256,
+                                  outputs=outputs)
+        check_loads(staging, manifest, backends)
     return Path(out_dir)
+
+
+def check_loads(folder: Path, manifest: Mapping[str, Any], backends: Sequence[Backend]) -> None:
+    """Open every stage that runs on this host with its own backend's `load()` before the artifact
+    is published: no artifact its runtime refuses ever appears at the output path (the staging
+    folder is discarded with the error). Stages for a GPU or a remote device cannot be opened here;
+    their files were hash-sealed, and `lepton-run --rpc` checks the library's architecture."""
+    from .artifact import stage_dir, stage_view
+
+    for i, (be, stage) in enumerate(zip(backends, manifest["stages"])):
+        if stage.get("device", "host") != "host":
+            continue
+        try:
+            be.load(stage_dir(folder, stage), stage_view(manifest, i))
+        except Exception as e:  # whatever the runtime says, in one line, naming the stage
+            first = next((ln for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+            first = first.replace(str(folder) + "/", "")  # the staging folder's name means nothing to the user
+            where = f"stage {stage.get('name')!r} " if len(manifest["stages"]) > 1 else ""
+            raise BackendError(f"{be.name}: the {where}artifact does not load in its own runtime, so it was not "
+                               f"written: {first}") from e
 
 
 # ------------------------------------------------------------------------------------------------

@@ -112,3 +112,17 @@ def test_three_stages_across_a_residual_model(tmp_path: Path) -> None:
                           StageSpec(stages[2].model, "onnx")], tmp_path / "art")
     x = np.random.default_rng(0).standard_normal((2, 8)).astype(np.float32)
     np.testing.assert_allclose(lepton.load(out).run({"x": x})["y"], _ort(src, {"x": x}), rtol=1e-5, atol=1e-6)
+
+
+def test_an_artifact_its_runtime_refuses_is_never_published(tmp_path: Path) -> None:
+    """silero-vad pinned to 1x512: ONNX Runtime refuses the exported model (an If branch's LSTM
+    types), so the onnx backend must fail and leave the previous artifact in place."""
+    path = corpus.real_model_path("silero-vad")
+    out = tmp_path / "art"
+    lepton.optimize(str(path), backend="onnx", output=out)  # unpinned: loads fine
+    before = json.loads((out / MANIFEST).read_text())
+    with pytest.raises(lepton_ir.LeptonError, match="does not load in its own runtime, so it was not written"):
+        lepton.optimize(str(path), backend="onnx", output=out, input_shapes={"input": [1, 512]})
+    assert json.loads((out / MANIFEST).read_text()) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]
+    lepton.load(out)

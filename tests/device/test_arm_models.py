@@ -206,4 +206,4 @@ def test_cli_rpc_user_errors(arm_artifact, tmp_path) -> None:
         (bad / f.name).write_bytes(f.read_bytes())
     with open(bad / "model.so", "ab") as f:
         f.write(b"\0")
-    _assert_one_line_error(_lepton_run(str(bad), "--rpc", f"127.0.0.1:{port}"), 1, "sha256 mismatch for model.so")
+    _assert_one_line_error(_lepton_run(str(bad), "--rpc", f"127.0.0.1:{port}"), 1, "model.so does not match its sha256")
