@@ -306,7 +306,10 @@ def check_random_cuts(model: lepton_ir.Model, feeds: dict, want: dict, cuts: lis
     assert_bit_identical(got, want, names)
 
 
-@given(onnx_models(max_nodes=16), st.data())
+# No float16: ONNX Runtime runs fp16 ops that lack a CPU fp16 kernel (Erf, ...) in fp32 and drops the
+# Cast pairs between neighbours even with optimizations disabled, so a stage boundary, which rounds
+# its values to fp16, changes bits (seen: Div-Erf-Add-Mul cut after Add, 38 of 200 inputs differ).
+@given(onnx_models(max_nodes=16, dtypes=("float32", "int64")), st.data())
 def test_random_models_split_into_stages_run_bit_identically(proto, data):
     m = lepton_ir.load(proto)
     feeds = inputs_for(proto, seed=0)
