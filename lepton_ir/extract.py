@@ -109,8 +109,10 @@ def _reads(node: Node, graph: Graph) -> list[Value]:
 
 @dataclass
 class _Region:
+    """What `_find_region` found."""
+
     nodes: list[Node]       # in graph order
-    constants: list[Value]  # initializers the nodes (or the outputs) are
+    constants: list[Value]  # initializers the nodes read, or that are outputs themselves
     reads: list[Value]      # stop values actually read (or passed through as outputs)
 
 
