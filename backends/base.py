@@ -103,21 +103,33 @@ class Backend:
         """Lower (a copy of) `model` with `lowering_pipeline` through `run_pipeline`, build it into
         `folder` and return the stage's manifest entry. The caller's model is never modified."""
         opts = self.parse_options(options)
-        lowering = self.lowering_pipeline(target, opts)
-        work = model
-        if lowering:
-            from lepton_ir.clone import clone_model
+        work, lowering = self.lower(model, target, opts, run_pipeline)
+        return self.stage_entry(self.build(work, folder, target=target, options=opts), target, opts, lowering)
 
-            work = clone_model(model)
-            (run_pipeline or _default_runner)(lowering, work)
-        stage = dict(self.build(work, folder, target=target, options=opts))
+    def stage_entry(self, built: Mapping[str, Any], target: str | None, options: Any, lowering: str = "") -> dict[str, Any]:
+        """`build()`'s result completed into a manifest stage entry (backend, target, device,
+        options, the lowering pipeline that ran)."""
+        stage = dict(built)
         stage.setdefault("backend", self.name)
         stage.setdefault("target", target)
         stage.setdefault("device", "host")
-        stage["options"] = jsonable(opts)
+        stage["options"] = jsonable(options)
         if lowering:
             stage["lowering"] = lowering
         return stage
+
+    def lower(self, model: Model, target: str | None, options: Any, run_pipeline: PipelineRunner | None = None
+              ) -> tuple[Model, str]:
+        """A lowered copy of `model` (or `model` itself when there is nothing to lower) and the
+        lowering pipeline's text."""
+        lowering = self.lowering_pipeline(target, options)
+        if not lowering:
+            return model, ""
+        from lepton_ir.clone import clone_model
+
+        work = clone_model(model)
+        (run_pipeline or _default_runner)(lowering, work)
+        return work, lowering
 
     def compile(self, model: Model, out_dir: str | os.PathLike, *, target: str | None = None,
                 options: Any = None, pipeline_text: str = "", source_sha256: str | None = None,
@@ -130,11 +142,20 @@ class Backend:
         self.parse_options(options)  # option errors before any staging folder exists
         check_output_path(out_dir)
         with atomic_dir(out_dir) as staging:
-            stage = self.build_stage(model, staging, target=target, options=options, run_pipeline=run_pipeline)
-            stage.update(name="main", dir=".")
-            manifest = write_manifest(staging, [stage], pipeline=pipeline_text, source_sha256=source_sha256)
-            check_loads(staging, manifest, [self])
+            built = self.build_stages(model, staging, target=target, options=options, run_pipeline=run_pipeline)
+            manifest = write_manifest(staging, [entry for _, entry in built], pipeline=pipeline_text,
+                                      source_sha256=source_sha256)
+            check_loads(staging, manifest, [be for be, _ in built])
         return Path(out_dir)
+
+    def build_stages(self, model: Model, staging: Path, *, target: str | None = None, options: Any = None,
+                     run_pipeline: PipelineRunner | None = None) -> list[tuple["Backend", dict[str, Any]]]:
+        """The stages `compile` writes into `staging`, each with the backend that loads it: one stage
+        (`name` "main", files at the top) unless a backend splits the model (the TVM backends hand
+        the parts they cannot compile to ONNX Runtime: backends/tvm/partition.py)."""
+        stage = self.build_stage(model, staging, target=target, options=options, run_pipeline=run_pipeline)
+        stage.update(name="main", dir=".")
+        return [(self, stage)]
 
 
 @dataclasses.dataclass

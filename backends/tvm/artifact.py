@@ -213,7 +213,9 @@ class Runner:
             ):
                 raise InputError(f"input {spec.name!r}: shape {list(a.shape)} does not match {list(spec.shape)}")
             for d, got in zip(spec.shape, a.shape):
-                if isinstance(d, str) and bound.setdefault(d, got) != got:
+                # Anonymous dims ("?" sanitised to "_" by TVM, onnx's unk__N) are not one symbol.
+                if isinstance(d, str) and d not in ("_", "?", "") and not d.startswith("unk__") \
+                        and bound.setdefault(d, got) != got:
                     raise InputError(f"input {spec.name!r}: dim {d}={got} but another input has {d}={bound[d]}")
             # np.ascontiguousarray would turn a 0-d input (e.g. silero's ``sr``) into shape [1].
             arrays.append(a if a.flags.c_contiguous else np.array(a, order="C"))

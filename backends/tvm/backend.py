@@ -73,6 +73,23 @@ class TvmOptions:
     tune_tracker: str | None = _opt(help="HOST:PORT of a TVM RPC tracker: tuning measures on a device it hands out "
                                          "(with tune-key)")
     tune_key: str | None = _opt(help="device key to ask the tune-tracker for")
+    fallback: bool = _opt(True, "when TVM cannot compile the whole model, run the parts it cannot on ONNX Runtime "
+                                "(a multi-stage artifact; one warning per region); false: fail with the reasons")
+    min_region: int = _opt(2, "TVM regions with fewer nodes go to ONNX Runtime too (a border costs more than "
+                              "they gain)", parse=lambda v: _positive(v))
+    min_compute_ratio: float = _opt(0.0, "TVM regions doing fewer operations per byte crossing their border go to "
+                                         "ONNX Runtime too (0: no floor)")
+
+
+def _positive(value: Any) -> int:
+    n = _non_negative(value)
+    if not n:
+        raise ValueError("expected a positive integer")
+    return n
+
+
+class TvmCompileError(BackendError):
+    """TVM's importer or compiler refused the model (the partitioner then asks per node)."""
 
 
 #: Lepton passes run on a copy of the model before TVM sees it: lower fused ops (if any), turn
@@ -164,11 +181,41 @@ class TvmCpuBackend(Backend):
             raise
         except Exception as e:  # TVM importer/compiler errors: one line naming the backend
             lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
-            raise BackendError(f"{self.name}: TVM could not compile the model: {lines[-1] if lines else type(e).__name__}"
-                               + _bind_hint(model)) from e
+            raise TvmCompileError(f"{self.name}: TVM could not compile the model: "
+                                  f"{lines[-1] if lines else type(e).__name__}" + _bind_hint(model)) from e
         return fill_artifact_dir(staging, ex, target=tgt, model=onnx_model, input_specs=inputs, output_specs=outputs,
                                  export_cc=export_cc,
                                  tvm_pipeline=lower.pipeline_text(tgt, schedule=schedule, database=database))
+
+    def build_stages(self, model, staging: Path, *, target: str | None = None, options: Any = None,
+                     run_pipeline=None) -> list[tuple[Backend, dict[str, Any]]]:
+        """One TVM stage; or, when TVM cannot compile the whole model, TVM and ONNX Runtime stages
+        (partition.py), unless the `fallback` option is off."""
+        opts = self.parse_options(options)
+        work, lowering = self.lower(model, target, opts, run_pipeline)
+        try:
+            entry = self.stage_entry(self.build(work, staging, target=target, options=opts), target, opts, lowering)
+        except TvmCompileError as e:
+            for p in list(staging.iterdir()):  # whatever the failed build left
+                p.unlink() if p.is_file() else None
+            from .partition import batch_pins, partitioned_stages
+
+            pins = batch_pins(model) if opts.input_shapes is None else None
+            if pins:
+                # A symbolic batch dim is what most often stops TVM (Reshapes to runtime shapes):
+                # specialise it to 1, as deployments on one device run, and say how to choose.
+                import warnings
+
+                shown = ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in pins.items())
+                warnings.warn(f"{self.name}: the model does not compile with a symbolic batch dim; compiled for batch 1 "
+                              f"(--input-shape {shown}; pass --input-shape to choose another)", stacklevel=2)
+                return self.build_stages(model, staging, target=target,
+                                         options=dataclasses.replace(opts, input_shapes={k: tuple(v) for k, v in pins.items()}),
+                                         run_pipeline=run_pipeline)
+            return partitioned_stages(self, work, staging, target=target, options=opts, lowering=lowering,
+                                      whole_error=e)
+        entry.update(name="main", dir=".")
+        return [(self, entry)]
 
     def load(self, folder: Path, stage: dict[str, Any]):
         from lepton_ir import ModelLoadError

@@ -1,0 +1,165 @@
+"""TVM with ONNX Runtime fallback: every model compiles; what TVM cannot run goes to ONNX Runtime.
+
+When the whole lowered model does not compile, the capability oracle (capability.py) asks TVM
+about each node, `lepton_ir.partition` groups the nodes into cycle-free regions (TVM regions of at
+least `min-region` nodes; the rest ONNX Runtime's), each region is cut out (`lepton_ir.extract`)
+and compiled by its backend into a stage of one multi-stage artifact. One warning line per
+fallback region names its ops and why TVM refused them; with `fallback=false` (`--no-fallback`)
+the same reasons make the error instead.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lepton_ir
+from lepton_backends.base import Backend, BackendError
+from lepton_ir import Model, Node, Value
+
+FALLBACK = "onnx"
+
+
+class FallbackWarning(UserWarning):
+    """Part of a model runs on ONNX Runtime because TVM cannot compile it (one per region)."""
+
+
+def _elements(v: Value) -> float:
+    shape = v.shape
+    if shape is None:
+        return 1.0
+    return float(math.prod(d if isinstance(d, int) else 1 for d in shape.dims))
+
+
+def compute_of(node: Node) -> float:
+    """Rough arithmetic work of a node: 2*MACs for convs and matmuls, else its output elements."""
+    out = sum(_elements(o) for o in node.outputs)
+    if node.op_type in ("Conv", "ConvInteger", "ConvTranspose") and len(node.inputs) > 1 and node.inputs[1] is not None:
+        w = node.inputs[1].shape
+        if w is not None and all(isinstance(d, int) for d in w.dims[1:]):
+            return 2.0 * out * math.prod(w.dims[1:])
+    if node.op_type in ("MatMul", "Gemm", "MatMulInteger") and node.inputs[0] is not None:
+        a = node.inputs[0].shape
+        if a is not None and a.dims and isinstance(a.dims[-1], int):
+            k = a.dims[-1] if not (node.op_type == "Gemm" and node.attr("transA", 0)) else a.dims[0]
+            return 2.0 * out * (k if isinstance(k, int) else 1)
+    return out
+
+
+def bytes_of(v: Value) -> float:
+    itemsize = 4
+    try:
+        itemsize = v.dtype.numpy().itemsize if v.dtype is not None else 4
+    except (ValueError, AttributeError):
+        pass
+    return _elements(v) * itemsize
+
+
+def _histogram(nodes: list[Node]) -> str:
+    counts = collections.Counter(n.op_type for n in nodes)
+    return ", ".join(f"{op} x{k}" if k > 1 else op for op, k in counts.most_common(4)) + \
+        (", ..." if len(counts) > 4 else "")
+
+
+def _clear(folder: Path) -> None:
+    for p in list(folder.iterdir()):
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+
+
+def refusal_summary(reasons: list[str], limit: int = 3) -> str:
+    """`r1; r2; r3; and N more` (distinct reasons, in graph order)."""
+    distinct = list(dict.fromkeys(reasons))
+    more = f"; and {len(distinct) - limit} more" if len(distinct) > limit else ""
+    return "; ".join(distinct[:limit]) + more
+
+
+def partitioned_stages(be: Any, work: Model, staging: Path, *, target: str | None, options: Any,
+                       lowering: str, whole_error: BaseException) -> list[tuple[Backend, dict[str, Any]]]:
+    """Stages for `work` (already lowered) when TVM cannot compile it whole; see the module doc."""
+    from lepton_backends.onnx_backend import OnnxBackend
+    from lepton_ir.partition import partition
+
+    from .capability import TvmCapability
+
+    tgt = be.resolve(target)
+    oracle = TvmCapability(tgt)
+    verdicts = oracle.check(work)
+    refused = {id(n): verdicts[id(n)].reason for n in work.graph if not verdicts[id(n)].ok}
+    if not refused:
+        raise BackendError(f"{be.name}: every node compiles on its own but the model as a whole does not: "
+                           f"{whole_error}") from whole_error
+    reasons = [refused[id(n)] for n in work.graph if id(n) in refused]
+    if not options.fallback:
+        raise BackendError(f"{be.name}: TVM cannot compile {len(refused)} node(s) and fallback is off "
+                           f"(--no-fallback): {refusal_summary(reasons)}")
+    onnx_be = OnnxBackend()
+    onnx_opts = onnx_be.parse_options({})
+    stage_opts = dataclasses.replace(options, input_shapes=None)  # types are pinned in `work` already
+    # Partition, compile the TVM regions; a region that fails as a whole (every node compiled on
+    # its own) hands its nodes to the fallback and the partition is redone, so fallback regions
+    # merge with their neighbours instead of fragmenting the model.
+    while True:
+        regions = partition(work.graph, lambda n: FALLBACK if id(n) in refused else be.name, fallback=FALLBACK,
+                            min_size=options.min_region, reasons=refused, compute_of=compute_of, bytes_of=bytes_of,
+                            min_compute_ratio=options.min_compute_ratio)
+        _clear(staging)
+        out: list[tuple[Backend, dict[str, Any]]] = []
+        failed = None
+        for i, r in enumerate(regions):
+            name = f"stage{i}"
+            folder = staging / name
+            folder.mkdir()
+            model = lepton_ir.extract(work, [v.name for v in r.inputs], [v.name for v in r.outputs])
+            if r.label != FALLBACK:
+                try:
+                    entry = be.stage_entry(be.build(model, folder, target=target, options=stage_opts), target,
+                                           stage_opts, lowering)
+                except BackendError as e:
+                    failed = (r, e)
+                    break
+                out.append((be, {**entry, "name": name, "dir": name, "nodes": len(r)}))
+                continue
+            why = r.reason or "too small to be worth a border (min-region)"
+            entry = onnx_be.stage_entry(onnx_be.build(model, folder, target=None, options=onnx_opts), None, onnx_opts)
+            # ONNX Runtime regions of an artifact for another machine run there too (lepton-run --rpc).
+            entry["device"] = "host" if oracle.host_runs else "remote"
+            entry.update(name=name, dir=name, nodes=len(r), fallback_reason=why)
+            out.append((onnx_be, entry))
+        if failed is None:
+            break
+        r, e = failed
+        why = f"with its neighbours it failed to compile as a region ({_first(e)})"
+        for n in r.nodes:
+            refused[id(n)] = f"{n.op_type}: {why}"
+    for r in regions:
+        if r.label == FALLBACK:
+            why = refusal_summary(r.reason.split("; "), limit=2) if r.reason else "too small for TVM (min-region)"
+            msg = f"{be.name}: {len(r)} node(s) ({_histogram(r.nodes)}) run on ONNX Runtime: {why}"
+            warnings.warn(msg if len(msg) <= 400 else msg[:397] + "...", FallbackWarning, stacklevel=2)
+    return out
+
+
+def _first(e: BaseException) -> str:
+    text = str(e)
+    return text.split(": TVM could not compile the model: ", 1)[-1][:200]
+
+
+def batch_pins(model: Model) -> dict[str, list[int]] | None:
+    """Input shapes with a symbolic leading (batch) dim set to 1, when that is the only symbolic dim
+    of every input; None otherwise (other symbolic dims cannot be guessed: they are image sizes,
+    sequence lengths...)."""
+    pins: dict[str, list[int]] = {}
+    for v in model.graph.inputs:
+        if v.const is not None or v.shape is None:
+            continue
+        dims = list(v.shape.dims)
+        if any(not isinstance(d, int) for d in dims[1:]):
+            return None
+        if dims and not isinstance(dims[0], int):
+            pins[v.name] = [1] + dims[1:]
+    return pins or None
