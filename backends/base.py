@@ -92,6 +92,11 @@ class Backend:
         `target`, `device`, `extra`. `backend`, `options`, `name` and `dir` are filled in."""
         raise NotImplementedError
 
+    def loads_here(self, stage: Mapping[str, Any]) -> bool:
+        """Whether `load()` can open `stage` on this machine (used to check an artifact before it
+        is published): by default when the stage runs on this host."""
+        return stage.get("device", "host") == "host"
+
     def load(self, folder: Path, stage: dict[str, Any]) -> StageRunner:
         """Open a stage this backend built (files in `folder`, already hash-verified) for running.
         `stage` is `artifact.stage_view(manifest, i)`: the stage entry plus the artifact's fields."""
@@ -211,7 +216,7 @@ def check_loads(folder: Path, manifest: Mapping[str, Any], backends: Sequence[Ba
     from .artifact import stage_dir, stage_view
 
     for i, (be, stage) in enumerate(zip(backends, manifest["stages"])):
-        if stage.get("device", "host") != "host":
+        if not be.loads_here(stage):
             continue
         try:
             be.load(stage_dir(folder, stage), stage_view(manifest, i))

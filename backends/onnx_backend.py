@@ -18,7 +18,7 @@ from typing import Any, Mapping
 import numpy as np
 
 import lepton_ir
-from lepton_ir import LeptonError, Model
+from lepton_ir import LeptonError, Model, ModelLoadError
 
 from .base import Backend, register_backend
 
@@ -63,8 +63,12 @@ class OrtRunner:
         self.manifest = manifest
         so = ort.SessionOptions()
         so.log_severity_level = 3
-        self.session = ort.InferenceSession(str(folder / manifest.get("entry", "model.onnx")), so,
-                                            providers=["CPUExecutionProvider"])
+        entry = folder / manifest.get("entry", "model.onnx")
+        try:
+            self.session = ort.InferenceSession(str(entry), so, providers=["CPUExecutionProvider"])
+        except Exception as e:  # verified bytes ORT still refuses (e.g. a stage naming the wrong entry)
+            raise ModelLoadError(f"{entry}: ONNX Runtime cannot load this stage: "
+                                 f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
 
@@ -109,6 +113,9 @@ class OnnxBackend(Backend):
         lepton_ir.save(model, staging / "model.onnx", external_data=True if options.external_data else None)
         inputs, outputs = model_signature(model)
         return {"entry": "model.onnx", "inputs": inputs, "outputs": outputs, "device": "host"}
+
+    def loads_here(self, stage: Mapping[str, Any]) -> bool:
+        return True  # ONNX Runtime here opens what ONNX Runtime on a device would (same model file)
 
     def load(self, folder: Path, stage: dict[str, Any]) -> OrtRunner:
         return OrtRunner(folder, stage)

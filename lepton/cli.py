@@ -47,6 +47,7 @@ def _one_line(e: BaseException) -> str:
 def _guard(prog: str, body: Callable[[], int]) -> int:
     """Run `body`, turning user errors into one stderr line and an exit code."""
     from lepton_backends import BackendError
+    from lepton_backends.errors import BackendOptionError
     from lepton_passes import PipelineError
 
     def show_warning(message, category, filename, lineno, file=None, line=None):  # one line per warning
@@ -60,7 +61,8 @@ def _guard(prog: str, body: Callable[[], int]) -> int:
         print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_USAGE
     except (PipelineError, BackendError) as e:
-        code = EXIT_USAGE if isinstance(e, PipelineError) or "unknown backend" in str(e) else EXIT_ERROR
+        usage = isinstance(e, (PipelineError, BackendOptionError)) or "unknown backend" in str(e)
+        code = EXIT_USAGE if usage else EXIT_ERROR
         print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)
         return code
     except LeptonError as e:
@@ -124,6 +126,8 @@ def opt_parser() -> argparse.ArgumentParser:
     p.add_argument("--tune-tracker", metavar="HOST:PORT",
                    help="measure tuning candidates on a device taken from this TVM RPC tracker (needs --tune-key)")
     p.add_argument("--tune-key", metavar="KEY", help="device key to ask --tune-tracker for")
+    p.add_argument("--no-fallback", action="store_true",
+                   help="tvm-*: fail (with the reasons) instead of running what TVM cannot compile on ONNX Runtime")
     return p
 
 
@@ -150,27 +154,24 @@ def format_pass_list() -> str:
 def format_backend_list() -> str:
     from lepton_backends import list_backends
 
+    from lepton_backends.base import REGISTRY
+
     lines = ["Backends:"]
     for name, cls in list_backends().items():
-        lines.append(f"  {name:<10}  {cls.summary()}")
+        origin = REGISTRY.origin(name)
+        plugin = f"  [{origin}]" if origin.startswith("entry point") else ""
+        lines.append(f"  {name:<10}  {cls.summary()}{plugin}")
         lines.append(f"      default pipeline: {cls.default_pipeline or '(none)'}")
-        for k, h in cls.option_help.items():
-            lines.append(f"      --option {k}=...  {h}")
+        for opt, typ, default, help_ in cls.describe_options():
+            lines.append(f"      --option {opt}=...: {typ} = {default}" + (f"  -- {help_}" if help_ else ""))
     return "\n".join(lines)
 
 
-def _parse_option(text: str) -> tuple[str, Any]:
+def _parse_option(text: str) -> tuple[str, str]:
+    """`KEY=VALUE`; the backend converts VALUE to its option's type (Backend.parse_options)."""
     key, eq, value = text.partition("=")
     if not eq or not key:
         raise UsageError(f"bad --option {text!r}: expected KEY=VALUE")
-    low = value.lower()
-    if low in ("true", "false"):
-        return key, low == "true"
-    for conv in (int, float):
-        try:
-            return key, conv(value)
-        except ValueError:
-            pass
     return key, value
 
 
@@ -223,7 +224,7 @@ def _opt(args: argparse.Namespace) -> int:
     if args.tune is not None or args.tuning_db is not None:
         if args.tune is not None and args.tune < 0:
             raise UsageError("--tune takes a non-negative number of trials")
-        if backend is None or "tune-trials" not in getattr(backend, "option_help", {}):
+        if backend is None or "tune-trials" not in {row[0] for row in backend.describe_options()}:
             raise UsageError("--tune/--tuning-db need a backend that tunes (--backend tvm-cpu)")
         if args.tune is not None:
             options["tune-trials"] = args.tune
@@ -232,6 +233,10 @@ def _opt(args: argparse.Namespace) -> int:
         for opt, val in (("tune-rpc", args.tune_rpc), ("tune-tracker", args.tune_tracker), ("tune-key", args.tune_key)):
             if val:
                 options[opt] = val
+    if args.no_fallback:
+        if backend is None or "fallback" not in {row[0] for row in backend.describe_options()}:
+            raise UsageError("--no-fallback needs a backend that falls back (--backend tvm-cpu, tvm-arm, tvm-cuda)")
+        options["fallback"] = False
     if backend is not None and args.output is None:
         raise UsageError(f"--backend {args.backend} needs -o OUT")
     if args.target and backend is None and not (args.output and not args.output.endswith(".onnx")):
@@ -302,18 +307,10 @@ def run_parser() -> argparse.ArgumentParser:
 
 
 def _generate_inputs(manifest: dict[str, Any], seed: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    out = {}
-    for spec in manifest.get("inputs", []):
-        dims = tuple(d if isinstance(d, int) else 1 for d in (spec.get("shape") or []))
-        dt = np.dtype(spec["dtype"])
-        if dt.kind == "f":
-            out[spec["name"]] = rng.standard_normal(dims).astype(dt)
-        elif dt.kind == "b":
-            out[spec["name"]] = rng.integers(0, 2, dims).astype(bool)
-        else:
-            out[spec["name"]] = rng.integers(0, 4, dims).astype(dt)
-    return out
+    from lepton_ir.reference import random_inputs
+
+    # Symbolic dims 1: the smallest run of the artifact, as `lepton-run` has always made it.
+    return random_inputs(manifest.get("inputs", []), seed=seed, dim_size=1)
 
 
 def _load_npz(path: str) -> dict[str, np.ndarray]:
@@ -352,7 +349,7 @@ def _bench(fn: Callable[[], Any], n: int, warmup: int) -> tuple[float, float]:
 
 def _run(args: argparse.Namespace) -> int:
     import lepton
-    from lepton_passes.instruments import compare_outputs
+    from lepton_ir.reference import compare_outputs, feed_for, ort_session, run_ort
 
     if args.bench < 0 or args.warmup < 0:
         raise UsageError("--bench and --warmup take non-negative counts")
@@ -390,22 +387,18 @@ def _run(args: argparse.Namespace) -> int:
         median, p90 = _bench(lambda: runner.run(inputs), args.bench, args.warmup)
         print(f"artifact latency: median {median:.3f} ms, p90 {p90:.3f} ms ({args.bench} runs, {args.warmup} warm-up)")
     if args.compare:
-        import onnxruntime as ort
-
         if not Path(args.compare).is_file():
             raise LeptonError(f"{args.compare}: no such file")
         try:
-            so = ort.SessionOptions()
-            so.log_severity_level = 3
-            sess = ort.InferenceSession(args.compare, so, providers=["CPUExecutionProvider"])
-            names = [i.name for i in sess.get_inputs()]
-            feed = {k: v for k, v in inputs.items() if k in names}
-            ref = sess.run(None, feed)
+            # Optimized: --bench compares latency with ONNX Runtime as users run it.
+            sess = ort_session(args.compare, optimize=True)
+            feed = feed_for(sess, inputs)
+            ref = run_ort(sess, feed)
         except Exception as e:  # ORT rejecting the reference model is the user's problem, one line
             raise LeptonError(f"{args.compare}: ONNX Runtime cannot run it: {str(e).splitlines()[0] if str(e) else e}") \
                 from None
         got = list(outputs.values())
-        bad = compare_outputs([np.asarray(r) for r in ref], got, args.rtol, args.atol)
+        bad = compare_outputs(ref, got, args.rtol, args.atol)
         diffs = []
         for k, (a, b) in enumerate(zip(ref, got)):
             if a.shape == b.shape and a.dtype.kind in "fiu" and a.size:
@@ -421,10 +414,10 @@ def _run(args: argparse.Namespace) -> int:
                 print(f"onnxruntime latency: median {rmed:.3f} ms, p90 {rp90:.3f} ms; "
                       f"speedup {rmed / median:.2f}x" if median else "")
         if bad is not None:
-            k, max_abs, max_rel, why = bad
-            name = list(outputs)[k] if 0 <= k < len(outputs) else "?"
-            raise LeptonError(f"output {name!r} differs from ONNX Runtime on {args.compare}: {why} "
-                              f"(max abs {max_abs:.3g}, max rel {max_rel:.3g}; rtol {args.rtol:g}, atol {args.atol:g})")
+            name = list(outputs)[bad.index] if 0 <= bad.index < len(outputs) else "?"
+            raise LeptonError(f"output {name!r} differs from ONNX Runtime on {args.compare}: {bad.reason} "
+                              f"(max abs {bad.max_abs:.3g}, max rel {bad.max_rel:.3g}; "
+                              f"rtol {args.rtol:g}, atol {args.atol:g})")
     return EXIT_OK
 
 

@@ -140,6 +140,41 @@ tracker = None
 if args.tracker:
     url, port = args.tracker.rsplit(":", 1)
     tracker = (url, int(port))
+
+# ONNX Runtime on the device: the ONNX Runtime stages of a partitioned artifact (what TVM cannot
+# compile) run on the board like its TVM stages. lepton.remote calls these over the RPC session:
+# load(key, model bytes), run(key, *input tensors) -> number of outputs, output(key, i) -> tensor.
+import numpy as _np
+import tvm as _tvm
+import tvm_ffi as _ffi
+
+_sessions = {}
+_outputs = {}
+
+
+def _ort_load(key, data):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    _sessions[key] = ort.InferenceSession(bytes(data), so, providers=["CPUExecutionProvider"])
+    return len(_sessions[key].get_inputs())
+
+
+def _ort_run(key, *tensors):
+    sess = _sessions[key]
+    feeds = {i.name: t.numpy() for i, t in zip(sess.get_inputs(), tensors)}
+    _outputs[key] = sess.run(None, feeds)
+    return len(_outputs[key])
+
+
+def _ort_output(key, index):
+    return _tvm.runtime.tensor(_np.ascontiguousarray(_outputs[key][index]))
+
+
+for _name, _fn in (("lepton.ort.load", _ort_load), ("lepton.ort.run", _ort_run), ("lepton.ort.output", _ort_output)):
+    _ffi.register_global_func(_name, _fn, override=True)
+
 try:
     from tvm.rpc.server import PopenRPCServerState
 except ImportError:
@@ -308,7 +343,9 @@ def recipe() -> dict:
         "requirements": device_requirements(),
         "pruned": list(PRUNED_TVM_LIBS),
         "cpuinfo": hashlib.sha256(FAKE_CPUINFO.encode()).hexdigest()[:16],
-        "launcher": hashlib.sha256((LAUNCHER + SITECUSTOMIZE + SERVER_SCRIPT).encode()).hexdigest()[:16],
+        # SERVER_SCRIPT is not here: start_server writes it at every start, so a change to it needs
+        # no image rebuild, only a server restart (ensure_emulator restarts an outdated server).
+        "launcher": hashlib.sha256((LAUNCHER + SITECUSTOMIZE).encode()).hexdigest()[:16],
     }
 
 
@@ -454,6 +491,7 @@ class ServerInfo:
     tracker: str | None
     key: str | None
     log: Path
+    server: str | None = None  # hash of the server script it runs (None: started by an older lepton)
 
     @property
     def address(self) -> str:
@@ -498,7 +536,8 @@ def server_info(port: int = DEFAULT_PORT, cache: str | os.PathLike[str] | None =
         pid_file.unlink(missing_ok=True)
         meta_file.unlink(missing_ok=True)
         return None
-    return ServerInfo(port=port, pid=pid, tracker=meta.get("tracker"), key=meta.get("key"), log=log)
+    return ServerInfo(port=port, pid=pid, tracker=meta.get("tracker"), key=meta.get("key"), log=log,
+                      server=meta.get("server"))
 
 
 def list_servers(cache: str | os.PathLike[str] | None = None) -> list[ServerInfo]:
@@ -689,6 +728,7 @@ def start_server(
     pid_file, meta_file, log = _paths(cdir, port)
     pid_file.parent.mkdir(parents=True, exist_ok=True)
     _prune_run_dir(cdir)
+    _write_server_script(cdir)
     cmd = [str(launcher), "-m", SERVER_MODULE, "--host", LOOPBACK,
            # port-end is exclusive: bind exactly `port` instead of silently sliding to the next one.
            "--port", str(port), "--port-end", str(port + 1)]
@@ -703,6 +743,7 @@ def start_server(
                                 start_new_session=True, cwd=str(pid_file.parent))
     _CHILDREN[proc.pid] = proc
     meta_file.write_text(json.dumps({"port": port, "pid": proc.pid, "tracker": tracker, "key": key,
+                                     "server": server_script_hash(),
                                      "started": time.time(), "image": str(_image_dir(cdir))}))
     pid_file.write_text(f"{proc.pid}\n")
     info = ServerInfo(port=port, pid=proc.pid, tracker=tracker, key=key, log=log)
@@ -773,6 +814,21 @@ def _stop_locked(cdir: Path, port: int) -> bool:
     return True
 
 
+def server_script_hash() -> str:
+    return hashlib.sha256(SERVER_SCRIPT.encode()).hexdigest()[:16]
+
+
+def _write_server_script(cdir: Path) -> None:
+    """(Re)write the server module into the image, atomically (another start may be reading it)."""
+    site = _image_dir(cdir) / "site"
+    path = site / f"{SERVER_MODULE}.py"
+    if path.is_file() and path.read_text() == SERVER_SCRIPT:
+        return
+    tmp = site / f".{SERVER_MODULE}.{os.getpid()}.tmp"
+    tmp.write_text(SERVER_SCRIPT)
+    os.replace(tmp, path)
+
+
 def ensure_emulator(
     port: int = DEFAULT_PORT,
     tracker: str | None = None,
@@ -793,6 +849,9 @@ def ensure_emulator(
     build_image(cdir, quiet=quiet)
     with _locked(cdir, port):
         info = server_info(port, cdir)
+        if info is not None and info.server != server_script_hash():
+            _stop_locked(cdir, port)  # runs an older server script (e.g. without ONNX Runtime): restart it
+            info = None
         if info is not None:
             if (info.tracker, info.key) != (tracker or None, key or None):
                 raise DeviceError(

@@ -168,67 +168,152 @@ def _make_runner_class():
     return _RemoteVMRunner, ArtifactError
 
 
-class RemoteRunner:
-    """An artifact loaded on a remote TVM RPC device; ``run`` and ``benchmark`` like ``lepton.load``."""
+class _RemoteTvmStage:
+    """One TVM library of an artifact, uploaded to the device and run there by the Relax VM."""
 
-    def __init__(self, artifact: str | os.PathLike, *, rpc: str | None = None, tracker: str | None = None,
-                 key: str | None = None, session_timeout: float = 0) -> None:
-        from lepton_backends.tvm.artifact import LIBRARY, ArtifactError, read_manifest
+    def __init__(self, session: Any, folder: Path, stage: dict[str, Any], address: str) -> None:
+        from tvm import relax
 
-        self.path = Path(artifact)
-        try:
-            self.manifest = read_manifest(self.path, verify=True)  # hashes checked before any upload
-        except ArtifactError as e:
-            raise RemoteError(str(e)) from None
-        target = self.manifest.get("target") or {}
+        target = stage.get("target") or {}
         kind = target.get("kind")
         if kind not in ("llvm", "cuda"):
-            raise RemoteError(f"artifact {self.path}: target kind {kind!r} cannot run over RPC (llvm or cuda only)")
-        lib = self.path / LIBRARY
+            raise RemoteError(f"artifact {folder}: target kind {kind!r} cannot run over RPC (llvm or cuda only)")
+        lib = folder / stage.get("entry", "model.so")
         self.library_arch = elf_machine(lib)
         self.target_triple = str(target.get("mtriple") or (target.get("host") or {}).get("mtriple") or "")
-        self.address = f"tracker {tracker} key {key}" if tracker else (rpc or f"{DEFAULT_HOST}:{DEFAULT_RPC_PORT}")
-        t0 = time.perf_counter()
-        self.remote = connect(rpc=rpc, tracker=tracker, key=key, session_timeout=session_timeout)
-        self.connect_s = time.perf_counter() - t0
-        digest = self.manifest["files"][LIBRARY]
-        remote_name = f"lepton-{digest[:16]}.so"
-        t0 = time.perf_counter()
+        remote_name = f"lepton-{stage['files'][lib.name][:16]}.so"
         try:
-            self.remote.upload(bytearray(lib.read_bytes()), target=remote_name)
+            session.upload(bytearray(lib.read_bytes()), target=remote_name)
         except Exception as e:  # noqa: BLE001
-            raise RemoteError(f"upload of {lib} to {self.address} failed: {_first_line(e)}") from None
+            raise RemoteError(f"upload of {lib} to {address} failed: {_first_line(e)}") from None
         try:
-            rlib = self.remote.load_module(remote_name)
+            rlib = session.load_module(remote_name)
         except Exception as e:  # noqa: BLE001
             msg = _first_line(e)
             if any(s in msg for s in ("ELF", "wrong ELF class", "cannot open shared object", "dlopen",
                                       "exec format", "invalid ELF")):
                 raise RemoteError(
-                    f"the device at {self.address} cannot load {lib} (compiled for "
+                    f"the device at {address} cannot load {lib} (compiled for "
                     f"{self.target_triple or self.library_arch or 'an unknown architecture'}; recompile with the "
                     f"device's target, e.g. --backend tvm-arm --target cortex-a72): {msg}") from None
-            raise RemoteError(f"the device at {self.address} could not load {lib}: {msg}") from None
-        self.upload_s = time.perf_counter() - t0
-        from tvm import relax
-
-        self.device = self.remote.cuda(0) if kind == "cuda" else self.remote.cpu(0)
+            raise RemoteError(f"the device at {address} could not load {lib}: {msg}") from None
+        self.device = session.cuda(0) if kind == "cuda" else session.cpu(0)
         cls, _ = _make_runner_class()
         try:
-            self._runner = cls(self.path, self.manifest, relax.VirtualMachine(rlib, self.device), self.device)
+            self.runner = cls(folder, stage, relax.VirtualMachine(rlib, self.device), self.device)
         except Exception as e:  # noqa: BLE001
-            raise RemoteError(f"the device at {self.address} could not start the model: {_first_line(e)}") from None
-        self.inputs = self._runner.inputs
-        self.outputs = self._runner.outputs
-        self.input_names = [s.name for s in self.inputs]
-        self.output_names = [s.name for s in self.outputs]
+            raise RemoteError(f"the device at {address} could not start the model: {_first_line(e)}") from None
+        self.input_names = [s.name for s in self.runner.inputs]
+
+    def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        return self.runner.run(feeds)
+
+
+class _RemoteOrtStage:
+    """An ONNX Runtime stage run by ONNX Runtime on the device (lepton-device's server provides
+    `lepton.ort.*`; a board needs the same three functions registered in its RPC server)."""
+
+    def __init__(self, session: Any, folder: Path, stage: dict[str, Any], address: str) -> None:
+        import hashlib
+
+        path = folder / stage.get("entry", "model.onnx")
+        if any(name != path.name for name in stage.get("files", {})):
+            raise RemoteError(f"artifact {folder}: ONNX Runtime stages with external data cannot be sent to a device")
+        data = path.read_bytes()
+        self.key = hashlib.sha256(data).hexdigest()[:16]
+        try:
+            load = session.get_function("lepton.ort.load")
+            self._run = session.get_function("lepton.ort.run")
+            self._output = session.get_function("lepton.ort.output")
+        except Exception:  # noqa: BLE001 - the function is not registered there
+            raise RemoteError(f"the device at {address} offers no ONNX Runtime (lepton.ort.load) for the artifact's "
+                              "ONNX Runtime stage; restart it with `lepton-device stop` and `lepton-device emulate`") \
+                from None
+        try:
+            load(self.key, bytearray(data))
+        except Exception as e:  # noqa: BLE001
+            raise RemoteError(f"ONNX Runtime on {address} could not load {path}: {_first_line(e)}") from None
+        self.device = session.cpu(0)
+        self.input_names = [s["name"] for s in stage["inputs"]]
+        self.output_names = [s["name"] for s in stage["outputs"]]
+
+    def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        import tvm
+
+        args = [tvm.runtime.tensor(np.ascontiguousarray(feeds[n]), self.device) for n in self.input_names]
+        n = int(self._run(self.key, *args))
+        if n != len(self.output_names):
+            raise RemoteError(f"ONNX Runtime on the device returned {n} outputs, the stage has {len(self.output_names)}")
+        return {name: self._output(self.key, i).numpy() for i, name in enumerate(self.output_names)}
+
+
+class RemoteRunner:
+    """An artifact loaded on a remote TVM RPC device; ``run`` and ``benchmark`` like ``lepton.load``.
+
+    Every stage runs on the device: TVM stages as uploaded libraries, ONNX Runtime stages (the
+    fallback regions of a partitioned artifact) in ONNX Runtime there; the tensors between stages
+    come back to this host and go out again (the VM and the chaining run here).
+    """
+
+    def __init__(self, artifact: str | os.PathLike, *, rpc: str | None = None, tracker: str | None = None,
+                 key: str | None = None, session_timeout: float = 0) -> None:
+        from lepton_backends.artifact import read_manifest as read_any, stage_dir, stage_view
+        from lepton_backends.tvm.artifact import TVM_BACKENDS
+
+        self.path = Path(artifact)
+        try:
+            top = read_any(self.path, verify=True)  # hashes checked before any upload
+        except LeptonError as e:
+            raise RemoteError(str(e)) from None
+        views = [stage_view(top, i) for i in range(len(top["stages"]))]
+        for v in views:
+            if v.get("backend") not in TVM_BACKENDS + ("onnx",):
+                raise RemoteError(f"artifact {self.path}: stage {v.get('name')!r} of backend {v.get('backend')!r} "
+                                  "cannot run over RPC (TVM and ONNX Runtime stages can)")
+        self.manifest = views[0] if len(views) == 1 else top
+        tvm_views = [v for v in views if v.get("backend") in TVM_BACKENDS]
+        target = (tvm_views[0].get("target") or {}) if tvm_views else {}
+        self.target_triple = str(target.get("mtriple") or (target.get("host") or {}).get("mtriple") or "")
+        self.library_arch = None
+        self.address = f"tracker {tracker} key {key}" if tracker else (rpc or f"{DEFAULT_HOST}:{DEFAULT_RPC_PORT}")
+        t0 = time.perf_counter()
+        self.remote = connect(rpc=rpc, tracker=tracker, key=key, session_timeout=session_timeout)
+        self.connect_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        self._stages: list[tuple[dict[str, Any], Any]] = []
+        for v in views:
+            folder = stage_dir(self.path, v)
+            cls = _RemoteTvmStage if v.get("backend") in TVM_BACKENDS else _RemoteOrtStage
+            st = cls(self.remote, folder, v, self.address)
+            self.library_arch = self.library_arch or getattr(st, "library_arch", None)
+            self._stages.append((v, st))
+        self.upload_s = time.perf_counter() - t0
+        self.device = self._stages[0][1].device
+        self.input_names = [i["name"] for i in self.manifest["inputs"]]
+        self.output_names = [o["name"] for o in self.manifest["outputs"]]
+        single = self._stages[0][1] if len(self._stages) == 1 else None
+        self._runner = single.runner if isinstance(single, _RemoteTvmStage) else None
+        if self._runner is not None:
+            self.inputs = self._runner.inputs
+            self.outputs = self._runner.outputs
+
+    def _chain(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        missing = [n for n in self.input_names if n not in inputs]
+        extra = [n for n in inputs if n not in self.input_names]
+        if missing or extra:
+            raise LeptonError(f"inputs do not match the artifact: missing {missing or 'none'}, unknown "
+                              f"{extra or 'none'}; expected {self.input_names}")
+        env: dict[str, Any] = dict(inputs)
+        for stage, st in self._stages:
+            env.update(st.run({s["name"]: env[s["name"]] for s in stage["inputs"]}))
+        return {n: env[n] for n in self.output_names}
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """``{input name: array}`` -> ``{output name: array}``, computed on the device."""
         from lepton_backends.tvm.artifact import InputError
 
         try:
-            return self._runner.run(inputs)
+            return self._runner.run(inputs) if self._runner is not None else self._chain(inputs)
         except InputError as e:
             raise LeptonError(str(e)) from None
         except LeptonError:
@@ -239,11 +324,25 @@ class RemoteRunner:
     __call__ = run
 
     def benchmark(self, inputs: Mapping[str, Any], repeat: int = 10, warmup: int = 2) -> dict[str, Any]:
-        """Median/p90/min latency in ms of ``repeat`` runs after ``warmup`` untimed ones, on the device."""
+        """Median/p90/min latency in ms of ``repeat`` runs after ``warmup`` untimed ones: on the device
+        for one TVM stage; for several stages timed here (including the tensors' trips)."""
         from lepton_backends.tvm.artifact import InputError
 
         try:
-            return self._runner.benchmark(inputs, repeat=repeat, warmup=warmup)
+            if self._runner is not None:
+                return self._runner.benchmark(inputs, repeat=repeat, warmup=warmup)
+            if repeat < 1:
+                raise ValueError("repeat must be >= 1")
+            for _ in range(max(0, warmup)):
+                self._chain(inputs)
+            times = []
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                self._chain(inputs)
+                times.append((time.perf_counter() - t0) * 1e3)
+            return {"median_ms": float(np.median(times)), "p90_ms": float(np.percentile(times, 90)),
+                    "min_ms": float(np.min(times)), "repeat": repeat, "warmup": warmup,
+                    "timed_on": "host, RPC transfers between stages included"}
         except InputError as e:
             raise LeptonError(str(e)) from None
         except (LeptonError, ValueError):
@@ -253,10 +352,11 @@ class RemoteRunner:
 
     def close(self) -> None:
         """Drop the session (the RPC server serves one session at a time)."""
-        # Every reference to the session must go: the remote device object holds it too (its
+        # Every reference to the session must go: the remote device objects hold it too (their
         # `_rpc_sess`), and while it lives the server keeps serving this session and accepts no
         # other (a second RemoteRunner in the same process then waited forever in connect).
-        self._runner = None  # type: ignore[assignment]
+        self._runner = None
+        self._stages = []
         self.device = None
         self.remote = None
         import gc

@@ -262,9 +262,21 @@ class Runner:
         }
 
 
+class _ShapeValue:
+    """A shape the VM returns for an ONNX `Shape` output (a tvm_ffi.Shape), as an int64 tensor."""
+
+    def __init__(self, dims: Any) -> None:
+        self.dims = [int(d) for d in dims]
+
+    def numpy(self) -> np.ndarray:
+        return np.asarray(self.dims, dtype=np.int64)
+
+
 def _flatten(result: Any) -> list[Any]:
     if hasattr(result, "numpy"):
         return [result]
+    if type(result).__name__ == "Shape":  # tvm_ffi.Shape: a model output computed by ONNX Shape
+        return [_ShapeValue(result)]
     out: list[Any] = []
     for r in result:
         out.extend(_flatten(r))

@@ -79,6 +79,9 @@ class TvmOptions:
                               "they gain)", parse=lambda v: _positive(v))
     min_compute_ratio: float = _opt(0.0, "TVM regions doing fewer operations per byte crossing their border go to "
                                          "ONNX Runtime too (0: no floor)")
+    placement: Literal["capability", "fastest"] = _opt(
+        "capability", "capability: TVM runs all it can; fastest: each region (the whole model when it compiles) "
+                      "is timed on TVM and on ONNX Runtime on this host and placed where it ran faster")
 
 
 def _positive(value: Any) -> int:
@@ -215,6 +218,11 @@ class TvmCpuBackend(Backend):
             return partitioned_stages(self, work, staging, target=target, options=opts, lowering=lowering,
                                       whole_error=e)
         entry.update(name="main", dir=".")
+        if opts.placement == "fastest":
+            from .partition import partitioned_stages
+
+            return partitioned_stages(self, work, staging, target=target, options=opts, lowering=lowering,
+                                      whole_error=None)
         return [(self, entry)]
 
     def load(self, folder: Path, stage: dict[str, Any]):

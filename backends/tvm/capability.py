@@ -29,6 +29,8 @@ from lepton_ir import Model, Node
 
 #: The tolerance a region must meet against ONNX Runtime (the real-model sweeps' tolerance).
 RTOL, ATOL = 1e-3, 1e-4
+#: Part of every cache key: bump when a change here changes verdicts, so old ones are not reused.
+ORACLE_VERSION = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +89,7 @@ class TvmCapability:
             except (OSError, ValueError):
                 self._cache = {}  # a damaged cache is only a cache: start again
         self.trials = 0
+        self.values: dict[str, np.ndarray] | None = None
 
     def check(self, model: Model, feeds: Mapping[str, np.ndarray] | None = None) -> dict[int, Verdict]:
         """Verdicts for the top-level nodes of `model` (by id(node)). `feeds` are sample inputs for
@@ -96,6 +99,7 @@ class TvmCapability:
         if feeds is None:
             feeds = random_inputs(model, seed=0, dim_size=1)
         values = record_values(model, feeds)
+        self.values = values  # the recorded values, for callers that time regions on them
         verdicts: dict[int, Verdict] = {}
         for node in model.graph:
             verdicts[id(node)] = self._check_node(model, node, values)
@@ -115,7 +119,7 @@ class TvmCapability:
             proto = lepton_ir.to_onnx(single)
         except lepton_ir.LeptonError as e:
             return Verdict(False, f"{_label(node)}: cannot be cut out on its own ({_first_line(e)})")
-        key = hashlib.sha256(proto.SerializeToString(deterministic=True)).hexdigest()
+        key = hashlib.sha256(b"%d:" % ORACLE_VERSION + proto.SerializeToString(deterministic=True)).hexdigest()
         hit = self._cache.get(key)
         if hit is not None:
             return Verdict(bool(hit[0]), hit[1].replace("{node}", _label(node)))
@@ -149,10 +153,12 @@ class TvmCapability:
             import tvm
 
             vm = relax.VirtualMachine(ex, tvm.cpu())
-            args = [runtime.tensor(np.ascontiguousarray(values[n]), tvm.cpu()) for n in reads]
-            res = vm["main"](*args)
-            flat = [res] if hasattr(res, "numpy") else list(res)
-            got = [np.asarray(t.numpy()) for t in flat]
+            # Not np.ascontiguousarray: it turns a 0-d value (a quantization scale) into shape [1].
+            arrays = [np.asarray(values[n]) for n in reads]
+            args = [runtime.tensor(a if a.flags.c_contiguous else np.array(a, order="C"), tvm.cpu()) for a in arrays]
+            from .artifact import _flatten
+
+            got = [np.asarray(t.numpy()) for t in _flatten(vm["main"](*args))]
         except Exception as e:
             return Verdict(False, f"{what}: TVM's code fails to run: {_first_line(e)}")
         bad = compare_outputs([values[n] for n in outs], got, RTOL, ATOL)

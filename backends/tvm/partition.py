@@ -78,21 +78,71 @@ def refusal_summary(reasons: list[str], limit: int = 3) -> str:
     return "; ".join(distinct[:limit]) + more
 
 
+def _median_ms(fn: Any, repeat: int = 10, warmup: int = 2) -> float:
+    import time
+
+    import numpy as np
+
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(times))
+
+
+def time_both(folder: Path, entry: dict[str, Any], model: Model, values: dict[str, Any]) -> tuple[float, float]:
+    """(TVM ms, ONNX Runtime ms) of one region on this host, on its recorded input values; ONNX
+    Runtime with its own graph optimizations on, as the artifact's ONNX Runtime stage runs."""
+    from lepton_ir.reference import ort_session
+
+    from .artifact import load_stage
+
+    runner = load_stage(folder, entry)
+    feeds = {s["name"]: values[s["name"]] for s in entry["inputs"]}
+    sess = ort_session(model, optimize=True)
+    ort_feeds = {i.name: feeds[i.name] for i in sess.get_inputs()}
+    args = runner.check_inputs(feeds)
+    t_tvm = _median_ms(lambda: runner._call(args))
+    t_ort = _median_ms(lambda: sess.run(None, ort_feeds))
+    return t_tvm, t_ort
+
+
 def partitioned_stages(be: Any, work: Model, staging: Path, *, target: str | None, options: Any,
-                       lowering: str, whole_error: BaseException) -> list[tuple[Backend, dict[str, Any]]]:
-    """Stages for `work` (already lowered) when TVM cannot compile it whole; see the module doc."""
+                       lowering: str, whole_error: BaseException | None) -> list[tuple[Backend, dict[str, Any]]]:
+    """Stages for `work` (already lowered) when TVM cannot compile it whole (`whole_error`), or, with
+    `placement=fastest`, when it can (`whole_error` None) but each region goes where it measured
+    faster; see the module doc."""
     from lepton_backends.onnx_backend import OnnxBackend
     from lepton_ir.partition import partition
 
-    from .capability import TvmCapability
+    from .capability import TvmCapability, record_values
 
+    # Border values travel by name between stages: give the unnamed ones names first.
+    for n in work.graph:
+        for o in n.outputs:
+            if o.name is None:
+                o.name = work.graph.fresh_name("v")
     tgt = be.resolve(target)
     oracle = TvmCapability(tgt)
-    verdicts = oracle.check(work)
-    refused = {id(n): verdicts[id(n)].reason for n in work.graph if not verdicts[id(n)].ok}
-    if not refused:
-        raise BackendError(f"{be.name}: every node compiles on its own but the model as a whole does not: "
-                           f"{whole_error}") from whole_error
+    fastest = options.placement == "fastest"
+    if fastest and not oracle.host_runs:
+        raise BackendError(f"{be.name}: placement=fastest measures regions on this host; target {target!r} runs "
+                           "elsewhere (measuring on a device over RPC is not implemented)")
+    if whole_error is None:  # the whole model compiles: one TVM region to measure against ONNX Runtime
+        refused: dict[int, str] = {}
+        from lepton_ir.reference import random_inputs
+
+        values = record_values(work, random_inputs(work, seed=0, dim_size=1)) or {}
+    else:
+        verdicts = oracle.check(work)
+        values = oracle.values or {}
+        refused = {id(n): verdicts[id(n)].reason for n in work.graph if not verdicts[id(n)].ok}
+        if not refused:
+            raise BackendError(f"{be.name}: every node compiles on its own but the model as a whole does not: "
+                               f"{whole_error}") from whole_error
     reasons = [refused[id(n)] for n in work.graph if id(n) in refused]
     if not options.fallback:
         raise BackendError(f"{be.name}: TVM cannot compile {len(refused)} node(s) and fallback is off "
@@ -110,6 +160,7 @@ def partitioned_stages(be: Any, work: Model, staging: Path, *, target: str | Non
         _clear(staging)
         out: list[tuple[Backend, dict[str, Any]]] = []
         failed = None
+        slower = None
         for i, r in enumerate(regions):
             name = f"stage{i}"
             folder = staging / name
@@ -122,7 +173,14 @@ def partitioned_stages(be: Any, work: Model, staging: Path, *, target: str | Non
                 except BackendError as e:
                     failed = (r, e)
                     break
-                out.append((be, {**entry, "name": name, "dir": name, "nodes": len(r)}))
+                entry = {**entry, "name": name, "dir": name, "nodes": len(r)}
+                if fastest and all(sp["name"] in values for sp in entry["inputs"]):
+                    t_tvm, t_ort = time_both(folder, entry, model, values)
+                    entry["measured_ms"] = {"tvm": round(t_tvm, 4), "onnxruntime": round(t_ort, 4)}
+                    if t_ort < t_tvm:
+                        slower = (r, t_tvm, t_ort)
+                        break
+                out.append((be, entry))
                 continue
             why = r.reason or "too small to be worth a border (min-region)"
             entry = onnx_be.stage_entry(onnx_be.build(model, folder, target=None, options=onnx_opts), None, onnx_opts)
@@ -130,10 +188,14 @@ def partitioned_stages(be: Any, work: Model, staging: Path, *, target: str | Non
             entry["device"] = "host" if oracle.host_runs else "remote"
             entry.update(name=name, dir=name, nodes=len(r), fallback_reason=why)
             out.append((onnx_be, entry))
-        if failed is None:
+        if failed is None and slower is None:
             break
-        r, e = failed
-        why = f"with its neighbours it failed to compile as a region ({_first(e)})"
+        if failed is not None:
+            r, e = failed
+            why = f"with its neighbours it failed to compile as a region ({_first(e)})"
+        else:
+            r, t_tvm, t_ort = slower
+            why = f"ONNX Runtime ran its region faster ({t_ort:.3g} ms against TVM's {t_tvm:.3g} ms)"
         for n in r.nodes:
             refused[id(n)] = f"{n.op_type}: {why}"
     for r in regions:
