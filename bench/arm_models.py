@@ -77,9 +77,8 @@ def main() -> int:
     if not set(vias) <= {"rpc", "tracker"}:
         ap.error("--via takes rpc and/or tracker")
 
-    import onnxruntime as ort
-
     from lepton import device
+    from lepton_ir.reference import run_ort
 
     rows = []
     if args.cold:
@@ -98,9 +97,7 @@ def main() -> int:
             except FileNotFoundError:
                 rows.append((name, "-", "-", "-", "-", "-", "not fetched"))
                 continue
-            so = ort.SessionOptions()
-            so.log_severity_level = 3
-            ref = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(None, inputs)
+            ref = run_ort(path, inputs, optimize=True)
             feeds, passes = _feeds_and_pipeline(name, inputs)
             for target in args.targets.split(","):
                 out = work / f"{name}-{target}"

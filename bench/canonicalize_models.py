@@ -18,11 +18,11 @@ import warnings
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 import lepton_ir
 from lepton_ir.testing.corpus import (REAL_MODELS, digits_dataset, digits_model_path, onnx_data_models, real_model_path,
                                       realistic_inputs)
+from lepton_ir.reference import run_ort
 from lepton_passes.base import get_pass
 
 RTOL, ATOL = 1e-4, 1e-5
@@ -42,13 +42,6 @@ def _models(names: list[str]):
                     yield lname.split("/", 1)[1], path, dict(zip(names_, inputs))
         else:
             yield name, real_model_path(name), realistic_inputs(name)
-
-
-def _session(model: bytes | str) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.intra_op_num_threads = 2
-    return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
 
 
 def _tvm_imports(proto: onnx.ModelProto, shapes: dict) -> str:
@@ -83,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         model.verify()
         after = sum(1 for _ in model.graph.all_nodes())
         proto = lepton_ir.to_onnx(model)
-        ref = _session(str(path)).run(None, inputs)
-        got = _session(proto.SerializeToString()).run(None, inputs)
+        ref = run_ort(path, inputs, optimize=True, threads=2)
+        got = run_ort(proto, inputs, optimize=True, threads=2)
         err = 0.0
         ok = len(ref) == len(got)
         for a, b in zip(ref, got):

@@ -72,12 +72,9 @@ def _run_path(path: str, model, inputs):
     inits = {t.name for t in model.graph.initializer}
     names = [i.name for i in model.graph.input if i.name not in inits]
     if path == "ort":
-        import onnxruntime as ort
+        from lepton_ir.reference import run_ort
 
-        so = ort.SessionOptions()
-        so.log_severity_level = 4
-        s = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-        return s.run(None, dict(zip(names, inputs)))
+        return run_ort(model, dict(zip(names, inputs)), optimize=True)
     if path == "tvm":
         import tvm
         from tvm import relax

@@ -41,11 +41,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
 import lepton
 import lepton_ir
 import lepton_passes.fusion  # noqa: F401  (registers fuse and the lowerings)
+from lepton_ir import reference
 from lepton_ir.testing.corpus import (REAL_MODELS, ModelNotFetchedError, digits_model_path, real_model_path,
                                       realistic_inputs)
 from lepton_passes.base import get_pass
@@ -55,13 +55,7 @@ TOL = {"onnx": (1e-4, 1e-5), "tvm-cpu": (1e-3, 1e-4)}
 
 
 def run_ort(model: bytes | str, feed: dict[str, np.ndarray], threads: int = 0) -> list[np.ndarray]:
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
-    sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
-    names = {i.name for i in sess.get_inputs()}
-    return [np.asarray(x) for x in sess.run(None, {k: v for k, v in feed.items() if k in names})]
+    return reference.run_ort(model, feed, optimize=True, threads=threads or None)
 
 
 def digits_inputs(batch: int = 4) -> dict[str, np.ndarray]:

@@ -53,21 +53,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fusion_counts import artifact_dir, build, model_and_inputs  # noqa: E402
 
 import lepton  # noqa: E402,F401
+from lepton_ir.reference import ort_session, session_options  # noqa: E402
 
 THREADS = 2
 DEFAULT_MODELS = ["ppocr-det", "ppocr-rec", "ppocr-cls", "minilm-l3", "silero-vad-ifless", "digits"]
 
 
 def session(model: str, level: ort.GraphOptimizationLevel, optimized_path: str | None = None) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.intra_op_num_threads = THREADS
-    so.inter_op_num_threads = 1
+    so = session_options(threads=THREADS)
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.graph_optimization_level = level
+    so.graph_optimization_level = level  # the bench compares ORT's own levels
     if optimized_path:
         so.optimized_model_filepath = optimized_path
-    return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+    return ort_session(model, options=so)
 
 
 def ort_call(sess: ort.InferenceSession, feed: dict[str, np.ndarray]) -> Callable[[], Any]:

@@ -34,6 +34,7 @@ import onnxruntime as ort
 
 import lepton_ir
 import lepton_ir.testing.corpus as corpus
+from lepton_ir.reference import ort_session
 from lepton_passes.quant import Quant8, Quant8Dynamic, format_report, quant_report
 from lepton_passes.quant.ort_check import integer_kernel_count, ort_optimized_op_counts
 
@@ -92,11 +93,7 @@ MAGIKA_EXT = dict(kv.split(":") for kv in (
 
 
 def session(model_or_path, threads: int = 2) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.log_severity_level = 3
-    data = model_or_path if isinstance(model_or_path, (str, Path)) else lepton_ir.to_onnx(model_or_path).SerializeToString()
-    return ort.InferenceSession(str(data) if isinstance(data, Path) else data, so, providers=["CPUExecutionProvider"])
+    return ort_session(model_or_path, optimize=True, threads=threads)
 
 
 def quantize(path, calib: dict[str, np.ndarray], **opts) -> lepton_ir.Model:

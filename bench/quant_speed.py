@@ -58,6 +58,7 @@ from onnx import numpy_helper as nh
 
 import lepton_ir
 import lepton_ir.testing.corpus as corpus
+from lepton_ir.reference import ort_session
 from lepton_passes.quant import Quant8, Quant8Dynamic
 from lepton_passes.quant.ort_check import integer_kernel_count, ort_optimized_op_counts
 
@@ -109,12 +110,7 @@ def resnet18_like(seed: int = 0) -> onnx.ModelProto:
 
 
 def _session(data: bytes | str) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = THREADS
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+    return ort_session(data, optimize=True, threads=THREADS)
 
 
 class _Reader:

@@ -46,6 +46,7 @@ import onnxruntime as ort
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run from a checkout
 import lepton_ir  # noqa: E402
 import lepton_ir.testing.corpus as corpus  # noqa: E402  (direct: robust to the package __init__)
+from lepton_ir.reference import ort_session  # noqa: E402
 
 
 @dataclasses.dataclass
@@ -66,14 +67,9 @@ class Result:
 # Running and comparing
 # ------------------------------------------------------------------------------------------------
 def _session(model: onnx.ModelProto | str) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.log_severity_level = 4  # real models warn about unused initializers; noise here
     # One thread: some kernels reduce in a thread-dependent order, which would make two runs of
     # the *same* model differ in the last bit and hide (or fake) a round-trip difference.
-    so.intra_op_num_threads = 1
-    so.inter_op_num_threads = 1
-    src = model if isinstance(model, str) else model.SerializeToString()
-    return ort.InferenceSession(src, so, providers=["CPUExecutionProvider"])
+    return ort_session(model, optimize=True, threads=1)
 
 
 def _feeds(model: onnx.ModelProto, inputs: Sequence[Any] | dict[str, Any]) -> dict[str, Any]:

@@ -279,9 +279,9 @@ def main() -> int:
     export(p32, s32, out, doc=f"Digits CNN trained by bench/train_digits.py: {recipe}",
            meta={"test_accuracy": f"{acc_te:.6f}", "split_seed": str(DIGITS_SPLIT_SEED)})
 
-    import onnxruntime as ort
+    from lepton_ir.reference import ort_session
 
-    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    sess = ort_session(out, optimize=True)
     ort_pred = sess.run(None, {"image": x_te})[0].argmax(1)
     ort_acc = float((ort_pred == y_te).mean())
     n_diff = int((ort_pred != np_pred_te).sum())

@@ -52,13 +52,9 @@ def model_and_inputs(name: str) -> tuple[Path, dict[str, np.ndarray]]:
 
 
 def ort_reference(path: Path, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-    import onnxruntime as ort
+    from lepton_ir.reference import run_ort
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.intra_op_num_threads = 2
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    return [np.asarray(a) for a in sess.run(None, inputs)]
+    return run_ort(path, inputs, optimize=True, threads=2)
 
 
 def compare(ref: list[np.ndarray], got: list[np.ndarray]) -> tuple[float, bool, str]:

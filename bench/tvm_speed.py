@@ -52,21 +52,18 @@ def model_and_inputs(name: str, tmp: Path) -> tuple[Path, dict[str, np.ndarray]]
         m = testing.resnet18_like() if name == "resnet18-like" else testing.mobilenetv2_like()
         path = tmp / f"{name}.onnx"
         onnx.save(m, str(path))
-        x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
-        return path, {"input": x}
+        from lepton_ir.reference import random_inputs
+
+        return path, random_inputs([{"name": "input", "dtype": "float32", "shape": [1, 3, 224, 224]}])
     from lepton_ir.testing import corpus
 
     return corpus.real_model_path(name), corpus.realistic_inputs(name)
 
 
 def ort_session(path: Path):
-    import onnxruntime as ort
+    from lepton_ir.reference import ort_session as session
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.intra_op_num_threads = THREADS
-    so.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return session(path, optimize=True, threads=THREADS)
 
 
 def records(db: Path) -> int:

@@ -19,7 +19,8 @@ from typing import IO, TYPE_CHECKING, Mapping
 import numpy as np
 
 import lepton_ir
-from lepton_ir import Model, VerifyError
+from lepton_ir import Model, UnsupportedError, VerifyError
+from lepton_ir.reference import compare_outputs, random_inputs, run_ort
 
 from .base import Pass, PassError
 
@@ -164,71 +165,19 @@ class DifferentialMismatchError(PassError):
 
 
 def make_inputs(model: Model, *, seed: int = 0, dim_size: int = 2) -> dict[str, np.ndarray]:
-    """Deterministic random inputs from the graph input types; unknown/symbolic dims = dim_size."""
-    rng = np.random.default_rng(seed)
-    out: dict[str, np.ndarray] = {}
-    for v in model.graph.inputs:
-        if v.const is not None or v.name in model.graph.initializers:
-            continue
-        dtype = v.dtype
-        if dtype is None:
-            raise PassError(f"cannot generate data for input {v.name!r}: its type is unknown (give inputs)")
-        shape = v.shape
-        dims = tuple(d if isinstance(d, int) else dim_size for d in (shape.dims if shape is not None else ()))
-        np_dt = dtype.numpy()
-        if np_dt.kind == "f" or dtype.is_float:
-            arr = rng.standard_normal(dims).astype(np_dt)
-        elif np_dt.kind == "b":
-            arr = rng.integers(0, 2, dims).astype(bool)
-        elif np_dt.kind in "iu":
-            arr = rng.integers(0, 4, dims).astype(np_dt)  # small: inputs are often indices
-        else:
-            raise PassError(f"cannot generate data for input {v.name!r} of type {v.type} (give inputs)")
-        out[v.name] = arr
-    return out
+    """Deterministic random inputs from the graph input types; unknown/symbolic dims = dim_size.
+
+    `lepton_ir.reference.random_inputs`, with its error as a PassError (what callers here expect).
+    """
+    try:
+        return random_inputs(model, seed=seed, dim_size=dim_size)
+    except UnsupportedError as e:
+        raise PassError(str(e)) from None
 
 
 def run_onnxruntime(model: Model, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
     """Outputs of `model` under ONNX Runtime (CPU, graph optimizations off), in graph-output order."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    # ORT's own rewrites would blur which side a numeric difference comes from.
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(lepton_ir.to_onnx(model).SerializeToString(), so,
-                                providers=["CPUExecutionProvider"])
-    names = {i.name for i in sess.get_inputs()}
-    feed = {k: v for k, v in inputs.items() if k in names}
-    return [np.asarray(x) for x in sess.run(None, feed)]
-
-
-def compare_outputs(ref: list[np.ndarray], got: list[np.ndarray], rtol: float, atol: float
-                    ) -> tuple[int, float, float, str] | None:
-    """None if every output is within atol + rtol*|ref|; else (index, max_abs, max_rel, reason)."""
-    if len(ref) != len(got):
-        return (-1, float("inf"), float("inf"), f"{len(got)} outputs instead of {len(ref)}")
-    for k, (a, b) in enumerate(zip(ref, got)):
-        if a.shape != b.shape:
-            return (k, float("inf"), float("inf"), f"shape {list(b.shape)} instead of {list(a.shape)}")
-        if a.dtype != b.dtype:
-            return (k, float("inf"), float("inf"), f"dtype {b.dtype} instead of {a.dtype}")
-        if a.dtype.kind not in "fciub" or a.size == 0:
-            if a.dtype.kind not in "fciub" and not np.array_equal(a, b):
-                return (k, float("inf"), float("inf"), "values differ")
-            continue
-        af, bf = a.astype(np.float64), b.astype(np.float64)
-        nan_a, nan_b = np.isnan(af), np.isnan(bf)
-        if (nan_a != nan_b).any():
-            return (k, float("inf"), float("inf"), "NaN pattern differs")
-        same_inf = np.isinf(af) & (af == bf)
-        diff = np.where(nan_a | same_inf, 0.0, np.abs(af - bf))
-        max_abs = float(diff.max())
-        rel = diff / np.maximum(np.abs(af), np.finfo(np.float64).tiny)
-        max_rel = float(np.where(diff == 0, 0.0, rel).max())
-        if (diff > atol + rtol * np.abs(np.where(nan_a | same_inf, 0.0, af))).any():
-            return (k, max_abs, max_rel, "values differ")
-    return None
+    return run_ort(model, inputs)
 
 
 class DifferentialInstrument(Instrument):
@@ -271,12 +220,12 @@ class DifferentialInstrument(Instrument):
         rtol, atol = p.tolerance(model)
         bad = compare_outputs(self.reference, got, rtol, atol)
         if bad is not None:
-            k, max_abs, max_rel, why = bad
+            k = bad.index
             out_name = model.graph.outputs[k].name if 0 <= k < len(model.graph.outputs) else "?"
             raise DifferentialMismatchError(
                 f"pass {text!r} changed output {out_name!r} beyond its tolerance (rtol={rtol:g}, atol={atol:g}): "
-                f"{why}, max abs error {max_abs:.3g}, max rel error {max_rel:.3g}",
-                pass_name=p.name, output=str(out_name), max_abs=max_abs, max_rel=max_rel)
+                f"{bad.reason}, max abs error {bad.max_abs:.3g}, max rel error {bad.max_rel:.3g}",
+                pass_name=p.name, output=str(out_name), max_abs=bad.max_abs, max_rel=bad.max_rel)
         self.reference = got  # the next pass is judged against this one's (accepted) outputs
 
 

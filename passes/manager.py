@@ -5,6 +5,13 @@ instruments see `before_pass`, then `after_pass` (which may raise: the verifier 
 differential check do), and on any failure every instrument's `on_failure` is called before the
 error propagates. Notes returned by `on_failure` (e.g. the reproducer's folder) are appended to the
 error message, so the one line the CLI prints says where to look.
+
+Whether a pass changed the model is not taken on its word: as MLIR's IRPrinting does with
+`OperationFingerPrint`, the model is fingerprinted (`lepton_ir.fingerprint`) before and after each
+leaf pass and the difference is the truth the manager uses, records and returns, so fixpoints stop
+on real convergence and the differential check never skips a pass that did change the model. A
+pass whose own answer disagrees gets a `PassChangedMismatchWarning` (a PassChangedMismatchError,
+which is a PassError, with `strict_changed=True`).
 """
 
 from __future__ import annotations
@@ -14,9 +21,11 @@ import contextvars
 import dataclasses
 import logging
 import time
+import warnings
 from typing import Iterable, Iterator, Sequence
 
 from lepton_ir import LeptonError, Model
+from lepton_ir.fingerprint import fingerprint
 
 from .base import Pass, PassError
 from .instruments import Instrument, ReproducerInstrument, VerifyInstrument, count_nodes
@@ -55,9 +64,26 @@ class PassFailedError(PassError):
         self.pass_text = pass_text
 
 
+class PassChangedMismatchWarning(UserWarning):
+    """A pass's returned `changed` disagrees with what it did to the model (a bug in the pass)."""
+
+
+class PassChangedMismatchError(PassError):
+    """PassChangedMismatchWarning as an error, with `PassManager(strict_changed=True)`."""
+
+    def __init__(self, message: str, pass_text: str = "") -> None:
+        super().__init__(message)
+        self.pass_text = pass_text
+
+
 @dataclasses.dataclass
 class PassRecord:
-    """One leaf pass run."""
+    """One leaf pass run.
+
+    `changed` is the truth (the model's fingerprint differs after the pass); `reported_changed` is
+    what the pass returned. They differ only for a pass that misreports (see
+    PassChangedMismatchWarning); `None` means the record was built without a report.
+    """
 
     name: str
     text: str  # canonical text of the pass with its options
@@ -65,6 +91,12 @@ class PassRecord:
     seconds: float
     nodes_before: int
     nodes_after: int
+    reported_changed: bool | None = None
+
+    @property
+    def mismatch(self) -> bool:
+        """True if the pass's own answer was wrong."""
+        return self.reported_changed is not None and self.reported_changed != self.changed
 
 
 @dataclasses.dataclass
@@ -101,13 +133,17 @@ class PassManager:
     VerifyInstrument first (IR checked before the first pass and after every pass).
     `reproducer_dir`, when set, adds a ReproducerInstrument writing failure folders under it.
     `debug_rewrites=True` makes `debug_rewrites_enabled()` true while the passes run.
+    `strict_changed=True` turns a pass misreporting whether it changed the model into a
+    PassChangedMismatchError (by default: a PassChangedMismatchWarning, and the run goes on with
+    the truth).
     """
 
     def __init__(self, pipeline: Pipeline | str | Pass | Sequence[Pass | Fixpoint], *, verify_each: bool = True,
                  instruments: Iterable[Instrument] = (), reproducer_dir: str | None = None,
-                 debug_rewrites: bool = False) -> None:
+                 debug_rewrites: bool = False, strict_changed: bool = False) -> None:
         self.pipeline = as_pipeline(pipeline)
         self.debug_rewrites = debug_rewrites
+        self.strict_changed = strict_changed
         self.instruments: list[Instrument] = []
         if verify_each:
             self.instruments.append(VerifyInstrument())
@@ -138,16 +174,21 @@ class PassManager:
             for inst in self.instruments:
                 inst.before_pass(p, model)
             before = count_nodes(model)
+            # Taken after the before_pass hooks, so only the pass itself is between the two prints.
+            fp_before = fingerprint(model)
             t0 = time.perf_counter()
             try:
-                changed = bool(p.run(model))
+                reported = bool(p.run(model))
             except LeptonError:
                 raise
             except Exception as e:  # a bug in the pass: keep the cause, name the pass
                 raise PassFailedError(f"pass {text!r} failed: {type(e).__name__}: {e}", text) from e
             dt = time.perf_counter() - t0
-            rec = PassRecord(p.name, text, changed, dt, before, count_nodes(model))
+            changed = fingerprint(model) != fp_before
+            rec = PassRecord(p.name, text, changed, dt, before, count_nodes(model), reported_changed=reported)
             self._report.records.append(rec)
+            if reported != changed:
+                self._misreported(text, reported)
             for inst in self.instruments:
                 inst.after_pass(p, model, changed, dt)
             return changed
@@ -165,3 +206,12 @@ class PassManager:
             if notes and e.args:
                 e.args = (f"{e.args[0]}; " + "; ".join(notes),) + tuple(e.args[1:])
             raise
+
+    def _misreported(self, text: str, reported: bool) -> None:
+        """Report a pass whose returned `changed` is wrong: warn, or raise with strict_changed."""
+        what = "modified the model" if not reported else "left the model unchanged"
+        msg = f"pass {text!r} returned changed={reported} but {what}"
+        if self.strict_changed:
+            raise PassChangedMismatchError(msg, text)
+        # stacklevel 1: the pass is the culprit, not any caller frame; the message names it.
+        warnings.warn(msg, PassChangedMismatchWarning, stacklevel=1)

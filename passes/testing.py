@@ -27,6 +27,8 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 import lepton_ir
+from lepton_ir.reference import compare_outputs as _compare
+from lepton_ir.reference import ort_session, run_ort
 
 from .base import Pass, get_pass
 
@@ -82,33 +84,45 @@ def _idempotent(p: Any) -> bool:
 
 
 def _ort(proto: Any, feeds: Mapping[str, np.ndarray]) -> list[tuple[str, np.ndarray]]:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.intra_op_num_threads = 1
-    s = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    names = [o.name for o in s.get_outputs()]
-    return list(zip(names, s.run(None, dict(feeds))))
+    sess = ort_session(proto, threads=1)
+    return list(zip([o.name for o in sess.get_outputs()], run_ort(sess, feeds)))
 
 
 def compare_outputs(ref: Sequence[tuple[str, np.ndarray]], got: Sequence[tuple[str, np.ndarray]],
                     rtol: float, atol: float) -> str | None:
-    """None if outputs agree (names, dtypes, shapes, values within tolerance), else why not."""
-    if [n for n, _ in ref] != [n for n, _ in got]:
-        return f"output names changed: {[n for n, _ in ref]} -> {[n for n, _ in got]}"
-    for (name, a), (_, b) in zip(ref, got):
-        a, b = np.asarray(a), np.asarray(b)
-        if a.dtype != b.dtype or a.shape != b.shape:
-            return f"output {name!r}: {a.dtype}{list(a.shape)} became {b.dtype}{list(b.shape)}"
-        if a.dtype.kind in "fc":
-            if not np.allclose(b, a, rtol=rtol, atol=atol, equal_nan=True):
-                err = np.abs(b.astype(np.float64) - a.astype(np.float64))
-                return (f"output {name!r} differs: max abs error {np.nanmax(err):.3g} "
-                        f"(rtol {rtol:g}, atol {atol:g})")
-        elif not np.array_equal(a, b):
-            return f"output {name!r} differs (exact dtype {a.dtype})"
-    return None
+    """None if outputs agree (names, dtypes, shapes, values within tolerance), else why not.
+
+    `lepton_ir.reference.compare_outputs` (its NaN/inf policy), integers and bools exact, with
+    this harness's wording.
+    """
+    bad = _compare(ref, got, rtol, atol, exact_integers=True)
+    if bad is None:
+        return None
+    if bad.index < 0:
+        return bad.reason
+    name, a = ref[bad.index][0], np.asarray(ref[bad.index][1])
+    b = np.asarray(got[bad.index][1])
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return f"output {name!r}: {a.dtype}{list(a.shape)} became {b.dtype}{list(b.shape)}"
+    if a.dtype.kind in "fc":
+        why = "" if bad.reason == "values differ" else f" ({bad.reason})"
+        return f"output {name!r} differs{why}: max abs error {bad.max_abs:.3g} (rtol {rtol:g}, atol {atol:g})"
+    return f"output {name!r} differs (exact dtype {a.dtype})"
+
+
+def _run(p: Any, model: lepton_ir.Model) -> None:
+    """Run `p` on `model`; through a strict PassManager when it is a Pass or a Pipeline, so a pass
+    that misreports whether it changed the model fails the check like any other bug."""
+    from .manager import PassChangedMismatchError, PassManager
+    from .pipeline import Pipeline
+
+    if not isinstance(p, (Pass, Pipeline)):
+        p.run(model)
+        return
+    try:
+        PassManager(p, verify_each=False, strict_changed=True).run(model)
+    except PassChangedMismatchError as e:
+        raise AssertionError(str(e)) from None
 
 
 def failure_dir(label: str, save_dir: str | os.PathLike | None = None) -> Path:
@@ -124,7 +138,7 @@ def check_one(p: Any, proto: Any, seed: int = 0, *, rtol: float | None = None, a
     from lepton_ir.testing.strategies import inputs_for
 
     model = lepton_ir.load(proto)
-    p.run(model)
+    _run(p, model)
     try:
         model.verify()
     except lepton_ir.VerifyError as e:
@@ -145,7 +159,7 @@ def check_one(p: Any, proto: Any, seed: int = 0, *, rtol: float | None = None, a
     if again != text:
         raise AssertionError("the text form does not round-trip after the pass")
     if idempotent if idempotent is not None else _idempotent(p):
-        p.run(model)
+        _run(p, model)
         if lepton_ir.to_text(model) != text:
             raise AssertionError("the pass declares itself idempotent but a second run changed the model")
 

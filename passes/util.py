@@ -145,3 +145,18 @@ def unfuse(model: Any) -> bool:
     from .base import get_pass
 
     return get_pass("lower-fused-to-standard")().run(model)
+
+
+def infer_types_changed(model: Any) -> bool:
+    """`lepton_ir.infer_types(model)`; True if it refined any type.
+
+    A pass that infers types before deciding whether it has work has changed the model even when
+    it rewrites nothing: it must report that (the PassManager compares fingerprints, and value
+    types are part of them).
+    """
+    from lepton_ir import infer_types
+    from lepton_ir.fingerprint import fingerprint
+
+    before = fingerprint(model)
+    infer_types(model)
+    return fingerprint(model) != before

@@ -16,9 +16,9 @@ import zipfile
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 
+from lepton_ir.reference import ort_session
 from lepton_ir.testing import corpus
 from lepton_ir.testing.corpus import REAL_MODELS
 
@@ -33,12 +33,6 @@ def require_fetched(name: str) -> pathlib.Path:
         if os.environ.get("CI"):
             pytest.fail(f"CI is set and a real model is missing: {e}")
         pytest.skip(f"real model not fetched: {e}")
-
-
-def ort_session(path: pathlib.Path | str) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.log_severity_level = 3  # silence "removing unused initializer" warnings of real models
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
 # ------------------------------------------------------------------ the table itself
@@ -147,7 +141,7 @@ def test_fetch_when_cached_makes_no_pip_call(monkeypatch: pytest.MonkeyPatch) ->
 @pytest.mark.parametrize("name", ALL_NAMES)
 def test_realistic_inputs_run_in_ort(name: str) -> None:
     path = require_fetched(name)
-    sess = ort_session(path)
+    sess = ort_session(path, optimize=True)
     batches = [1] if name == "ddddocr-old" else [1, 3]
     for batch in batches:
         feeds = corpus.realistic_inputs(name, batch=batch)
@@ -171,7 +165,7 @@ def test_ppocr_rec_reads_the_rendered_text() -> None:
     model = onnx.load(str(path))
     charset = dict((p.key, p.value) for p in model.metadata_props)["character"].split("\n")
     chars = ["<blank>"] + charset + [" "]
-    probs = ort_session(path).run(None, corpus.realistic_inputs("ppocr-rec", batch=4))[0]
+    probs = ort_session(path, optimize=True).run(None, corpus.realistic_inputs("ppocr-rec", batch=4))[0]
     texts = []
     for row in probs.argmax(-1):
         keep = [i for k, i in enumerate(row) if i != 0 and (k == 0 or i != row[k - 1])]
@@ -240,7 +234,7 @@ def test_onnx_data_models() -> None:
         if not name.startswith("pytorch-operator/"):
             continue
         try:
-            sess = ort_session(path)
+            sess = ort_session(path, optimize=True)
         except Exception:  # a few exported graphs are invalid for ORT; loading is not the point
             continue
         feeds = {i.name: x for i, x in zip(sess.get_inputs(), inputs)}
@@ -284,7 +278,7 @@ def test_digits_model() -> None:
     assert info["test_accuracy"] > 0.95
     assert hashlib.sha256(path.read_bytes()).hexdigest() == info["sha256"]
     x, y = corpus.digits_dataset("test")
-    logits = ort_session(path).run(None, {"image": x})[0]
+    logits = ort_session(path, optimize=True).run(None, {"image": x})[0]
     assert logits.shape == (360, 10)
     # Exact: the smallest top-1/top-2 logit margin on the test set is ~0.25, far above
     # float32 rounding differences between machines.

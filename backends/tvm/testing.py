@@ -228,12 +228,9 @@ def squeeze_excite_block(channels: int = 384, squeezed: int = 96, size: int = 6,
 
 
 def ort_run(model: onnx.ModelProto, inputs: dict[str, np.ndarray], threads: int = 2) -> dict[str, np.ndarray]:
-    """Run ``model`` in ONNX Runtime (CPU) and return ``{output name: array}``."""
-    import onnxruntime as ort
+    """Run ``model`` in ONNX Runtime (CPU, its graph optimizations on, as users run it) and return
+    ``{output name: array}``."""
+    from lepton_ir.reference import ort_session, run_ort
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    names = [o.name for o in sess.get_outputs()]
-    return dict(zip(names, sess.run(names, inputs)))
+    sess = ort_session(model, optimize=True, threads=threads)
+    return dict(zip([o.name for o in sess.get_outputs()], run_ort(sess, inputs)))

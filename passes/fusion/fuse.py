@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from lepton_ir import Model, infer_types
+from lepton_ir.fingerprint import fingerprint
 
 from ..base import Pass, register_pass
 from ..canonicalize.dce import DeadCodeElimination
@@ -68,5 +69,7 @@ class Fuse(Pass):
 
         # With debug on, apply_rules collects near misses and logs them and every applied rule to
         # the `lepton_passes.rewrites` logger (what `lepton-opt --debug-rewrites` prints).
+        before = fingerprint(model)
         stats = fuse_with_report(model, debug=self.debug or debug_rewrites_enabled())
-        return stats.changed
+        # fuse_with_report infers types first: refined types are a change even when no rule applied.
+        return stats.changed or fingerprint(model) != before

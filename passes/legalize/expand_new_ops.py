@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from lepton_ir import LeptonError, Model, Node
 
 from ..base import Pass, register_pass
+from ..util import infer_types_changed
 from .expand_functions import expand_node, function_body
 
 #: Always expanded (no TVM converter).
@@ -47,9 +48,12 @@ class ExpandNewFunctionOps(Pass):
         from lepton_ir import infer_types
 
         opset = model.opset("") or 17
-        if any(wants_body(n) for n in model.graph.all_nodes()):
-            infer_types(model)  # context-dependent bodies are built for the node's input types
         changed = False
+        if any(wants_body(n) for n in model.graph.all_nodes()):
+            # Context-dependent bodies are built for the node's input types; refined types are a
+            # change to report even if no body fits in the end.
+            changed = infer_types_changed(model)
+        expanded = False
         for g in list(model.graph.all_graphs()):
             for n in g:
                 if not wants_body(n):
@@ -61,7 +65,7 @@ class ExpandNewFunctionOps(Pass):
                     expand_node(n, body, opset)
                 except LeptonError:
                     continue
-                changed = True
-        if changed:
+                expanded = True
+        if expanded:
             infer_types(model)
-        return changed
+        return changed or expanded

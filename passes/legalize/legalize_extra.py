@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from lepton_ir import Model
 
 from ..base import Pass, register_pass
+from ..util import infer_types_changed
 from .bitshift_range import LegalizeBitShiftRange
 from .col2im import LegalizeCol2Im
 from .cumprod import LegalizeCumProd
@@ -41,14 +42,13 @@ class LegalizeExtra(Pass):
 
     def run(self, model: Model) -> bool:
         changed = False
-        from lepton_ir import infer_types
-
         for p in (ExpandNewFunctionOps(), UnrollScan()):
             changed |= p.run(model)
         if any(n.op_type in ("Pow", "CumProd", "OneHot", "Pad", "LpNormalization", "Resize",
                                       "IsInf", "BitShift", "EyeLike", "ReduceMax", "ReduceMin", "Col2Im")
                for n in model.graph.all_nodes()):
-            infer_types(model)  # the rewrites below need input dtypes/ranks
+            # The rewrites below need input dtypes/ranks; refined types are a change to report.
+            changed |= infer_types_changed(model)
         for p in (LegalizePowTypes(), LegalizeLpNormalization(), LegalizeCumProd(), LegalizeOneHot(),
                   LegalizePadValue(), LegalizeQLinearMatMul(), LegalizeResizeAxes(), LegalizeIsInfSign(),
                   LegalizeBitShiftRange(), LegalizeEyeLike(), LegalizeReduceEmpty(), LegalizeReduceBool(),

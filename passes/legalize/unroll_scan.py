@@ -19,7 +19,7 @@ from lepton_ir import Graph, Model, Node, Value
 from lepton_ir.clone import clone_node
 
 from ..base import Pass, register_pass
-from ..util import replace_value
+from ..util import infer_types_changed, replace_value
 from .rnn import StepBuilder
 
 
@@ -106,7 +106,8 @@ class UnrollScan(Pass):
         opset = model.opset("") or 17
         if opset < 9 or not any(n.op_type == "Scan" and n.domain == "" for n in model.graph.all_nodes()):
             return False  # opset 8's Scan (batch axis, sequence_lens) is a different op
-        infer_types(model)
+        # Refined types change the model even when no Scan is unrolled (too long, unknown length).
+        refined = infer_types_changed(model)
         changed = False
         for g in list(model.graph.all_graphs()):
             for node in list(g):
@@ -130,4 +131,4 @@ class UnrollScan(Pass):
                 changed = True
         if changed:
             infer_types(model)
-        return changed
+        return changed or refined

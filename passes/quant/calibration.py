@@ -31,6 +31,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from lepton_ir import Model, Value
+from lepton_ir.reference import ort_session, session_options
 
 from ..base import PassError
 
@@ -346,13 +347,10 @@ def ort_session_with_outputs(model: Model, values: Sequence[Value], threads: int
     for o in proto.graph.output:
         if not o.type.HasField("tensor_type"):
             o.type.tensor_type.elem_type = 1
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
+    so = session_options(threads=threads or None)
     # Basic optimizations only: fusions must not change the intermediate values we read.
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    if threads:
-        so.intra_op_num_threads = threads
-    return ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return ort_session(proto, options=so)
 
 
 def collect_stats(model: Model, values: Sequence[Value], feeds: Iterator[Mapping[str, np.ndarray]],

@@ -20,10 +20,10 @@ from typing import Literal
 
 import numpy as np
 
-from lepton_ir import DType, Model, Shape, TensorType, Value, infer_types
+from lepton_ir import DType, Model, Shape, TensorType, Value
 
 from ..base import Pass, register_pass
-from ..util import constant_value, replace_value
+from ..util import constant_value, infer_types_changed, replace_value
 from . import qmath
 
 
@@ -61,8 +61,10 @@ class Quant8Dynamic(Pass):
 
         unfused = unfuse(model)  # after `fuse`: quantize standard ops (see util.unfuse)
         g = model.graph
-        infer_types(model)
+        # Refined types (and a raised opset) change the model even when nothing is quantized.
+        refined = infer_types_changed(model)
         if (model.opset("") or 13) < 13:
+            refined |= bool(self.per_channel)
             model.opset_imports[""] = 13 if self.per_channel else model.opset("")
         shared: dict[int, tuple[Value, Value, Value]] = {}
         changed = False
@@ -114,4 +116,4 @@ class Quant8Dynamic(Pass):
                 if not v.num_uses() and not v.is_graph_output() and v not in g.inputs:
                     g.remove_initializer(name)
             model.metadata_props["lepton.quant8-dynamic"] = f"per_channel={self.per_channel};qmax={self.weight_qmax}"
-        return changed or unfused
+        return changed or unfused or refined

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from lepton_ir import DType, Model, Node, TensorType, Value, infer_types, ArrayTensor
+from lepton_ir import ArrayTensor, DType, Model, Node, TensorType, Value
 
 from ..base import Pass, register_pass
-from ..util import constant_value
+from ..util import constant_value, infer_types_changed
 
 _FP32_SLOTS = {"Resize": (1, 2), "Upsample": (1,)}
 DEFAULT_KEEP_FP32 = ("Pow", "Exp", "Log", "ReduceSum", "ReduceMean", "ReduceProd", "ReduceSumSquare", "ReduceL2",
@@ -69,11 +69,11 @@ class Fp16(Pass):
 
         unfused = unfuse(model)  # after `fuse`: quantize standard ops (see util.unfuse)
         g = model.graph
-        infer_types(model)
+        refined = infer_types_changed(model)  # refined types are a change even with nothing to convert
         nodes = list(g)
         if not any(v.dtype == DType.FLOAT for n in nodes for v in n.outputs) and \
                 not any(v.dtype == DType.FLOAT for v in g.inputs):
-            return unfused
+            return unfused or refined
         f16: set[int] = set()  # values that end up float16
         # Graph inputs.
         for v in g.inputs:

@@ -13,18 +13,14 @@ import tempfile
 
 def ort_optimized_op_counts(model_bytes: bytes, threads: int = 1) -> dict[str, int]:
     """Op-type counts of the model ONNX Runtime (CPU, all optimizations) actually executes."""
-    import onnxruntime as ort  # this helper inspects what ONNX Runtime does with a model
-
     import lepton_ir
+    from lepton_ir.reference import ort_session, session_options
 
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "optimized.onnx")
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        so.intra_op_num_threads = threads
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.optimized_model_filepath = path
-        ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
+        so = session_options(optimize=True, threads=threads)
+        so.optimized_model_filepath = path  # this helper inspects what ONNX Runtime does with a model
+        ort_session(model_bytes, options=so)
         m = lepton_ir.load(path)
         return dict(collections.Counter(n.op_type for n in m.graph))
 

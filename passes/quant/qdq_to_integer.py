@@ -45,7 +45,7 @@ import numpy as np
 from lepton_ir import DType, Model, Node, TensorType, Value, infer_types
 
 from ..base import Pass, register_pass
-from ..util import constant_value, replace_value
+from ..util import constant_value, infer_types_changed, replace_value
 from .tolerance import qdq_tolerance
 
 _INT8 = (np.int8, np.uint8)
@@ -102,7 +102,8 @@ class QdqToInteger(Pass):
 
     def run(self, model: Model) -> bool:
         g = model.graph
-        infer_types(model)
+        # Refined types change the model even when no op is rewritten: say so.
+        refined = infer_types_changed(model)
         touched: list[Node] = []
         for n in list(g):
             if n.domain not in ("", "ai.onnx") or n.graph is not g or len(n.outputs) != 1:
@@ -116,7 +117,7 @@ class QdqToInteger(Pass):
             if ok:
                 touched.append(n)
         if not touched:
-            return False
+            return refined
         # The DequantizeLinear nodes of weights and biases (and of activations read by nothing
         # else) are dead now, with their constants.
         for node in list(g):

@@ -19,6 +19,7 @@ import lepton_passes.quant  # noqa: E402,F401  registers quant8 / qdq-to-integer
 from lepton_backends import get_backend  # noqa: E402
 from lepton_backends.tvm import load_artifact, lower  # noqa: E402
 from lepton_backends.tvm.backend import prepare_for_tvm  # noqa: E402
+from lepton_ir.reference import ort_session, run_ort  # noqa: E402
 from lepton_ir.testing.corpus import digits_dataset, digits_model_path  # noqa: E402
 from lepton_passes.quant import Quant8  # noqa: E402
 from lepton_passes.util import constant_value  # noqa: E402
@@ -28,12 +29,7 @@ os.environ.setdefault("LEPTON_NO_PROGRESS", "1")
 
 def _ort(model: lepton_ir.Model, feeds: dict) -> list[np.ndarray]:
     """ONNX Runtime on the QDQ model with all optimizations (its fused integer kernels)."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(lepton_ir.to_onnx(model).SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return sess.run(None, feeds)
+    return run_ort(model, feeds, optimize=True)
 
 
 def _output_step(model: lepton_ir.Model) -> float:
@@ -147,8 +143,6 @@ def test_conv_integer_runtime_zero_points_like_ddddocr_old(tmp_path):
     """ddddocr-old's form (quantize_dynamic): ConvInteger on u8 activations whose zero point is a
     run-time tensor, u8 weights with a non-zero zero point, padding and stride 2. prepare_for_tvm
     keeps the ConvInteger (no float legalization) and TVM's int32 result is ONNX Runtime's, bit for bit."""
-    import onnxruntime as ort
-
     rng = np.random.default_rng(0)
     w = rng.integers(0, 256, (16, 8, 3, 3)).astype(np.uint8)
     nodes = [h.make_node("ConvInteger", ["xq", "w", "xzp", "wzp"], ["acc"], pads=[1, 1, 1, 1], strides=[2, 2]),
@@ -163,7 +157,7 @@ def test_conv_integer_runtime_zero_points_like_ddddocr_old(tmp_path):
     m = lepton_ir.load(proto)
     assert [n.op_type for n in prepare_for_tvm(m).graph].count("ConvInteger") == 2
     runner = _compile(m, tmp_path, {"xq": [1, 8, 12, 12], "xzp": []})
-    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    sess = ort_session(proto, optimize=True)
     for zp in (0, 77, 255):
         feeds = {"xq": rng.integers(0, 256, (1, 8, 12, 12)).astype(np.uint8), "xzp": np.array(zp, np.uint8)}
         got = runner.run(feeds)

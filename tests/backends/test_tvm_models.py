@@ -15,6 +15,7 @@ import pytest
 pytest.importorskip("tvm")
 
 import lepton  # noqa: E402
+from lepton_ir.reference import run_ort  # noqa: E402
 from lepton_ir.testing import corpus  # noqa: E402
 
 RTOL, ATOL = 1e-3, 1e-4
@@ -25,23 +26,13 @@ FAST = ["magika", "minilm-l3"]
 SLOW = ["ppocr-cls", "silero-vad-ifless", "ppocr-rec", "ppocr-det"]
 
 
-def _ort(path, inputs):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.intra_op_num_threads = 2
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    return sess.run(None, inputs)
-
-
 def _compile_and_compare(path, inputs, out):
     shapes = {k: list(v.shape) for k, v in inputs.items()}
     lepton.optimize(str(path), passes="canonicalize", backend="tvm-cpu", output=str(out), input_shapes=shapes)
     runner = lepton.load(str(out))
     assert runner.manifest["backend"] == "tvm-cpu"
     got = list(runner.run(inputs).values())
-    ref = _ort(path, inputs)
+    ref = run_ort(path, inputs, optimize=True, threads=2)
     assert len(got) == len(ref)
     for k, (a, b) in enumerate(zip(ref, got)):
         a, b = np.asarray(a), np.asarray(b)
@@ -117,7 +108,7 @@ def test_ddddocr_old_lstm(tmp_path, request):
     cnn, sub = tmp_path / "cnn.onnx", tmp_path / "lstm.onnx"
     onnx.utils.extract_model(str(path), str(cnn), list(inputs), [x_name])
     onnx.utils.extract_model(str(path), str(sub), [x_name], list(lstm.output))
-    x = _ort(cnn, inputs)[0]
+    x = run_ort(cnn, inputs, optimize=True, threads=2)[0]
     _compile_and_compare(sub, {x_name: x}, tmp_path / "lstm")
 
 
@@ -125,9 +116,9 @@ def test_ddddocr_old_lstm(tmp_path, request):
 def test_ddddocr_old_whole_model(tmp_path, request):
     _need_slow(request)
     path, inputs, _ = _ddddocr_old(tmp_path)
-    ref = _ort(path, inputs)[0]
+    ref = run_ort(path, inputs, optimize=True, threads=2)[0]
     (name, x), = inputs.items()
-    nudged = _ort(path, {name: np.nextafter(x, np.float32(np.inf))})[0]
+    nudged = run_ort(path, {name: np.nextafter(x, np.float32(np.inf))}, optimize=True, threads=2)[0]
     sensitivity = float(np.abs(nudged - ref).max())
     # the premise of the looser check below: ORT is this ill-conditioned itself
     assert sensitivity > ATOL + RTOL * float(np.abs(ref).max())

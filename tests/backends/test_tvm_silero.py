@@ -5,9 +5,9 @@ Runtime on the original model with the same sr."""
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 
 import lepton
+from lepton_ir.reference import run_ort
 from lepton_ir.testing.corpus import real_model_path, realistic_inputs
 
 
@@ -19,8 +19,6 @@ def test_silero_vad_with_bound_sample_rate(tmp_path, request):
     lepton.optimize(str(path), passes='bind-inputs{values=["sr=16000"]},canonicalize', backend="tvm-cpu",
                     output=tmp_path / "silero", input_shapes=shapes)
     got = lepton.load(tmp_path / "silero").run({k: v for k, v in inputs.items() if k != "sr"})
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    ref = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"]).run(None, inputs)
+    ref = run_ort(path, inputs, optimize=True)
     for g, r in zip(got.values(), ref):
         np.testing.assert_allclose(g, r, rtol=1e-3, atol=1e-4)

@@ -21,6 +21,7 @@ import pytest
 
 from devicetest import TEST_PORT, free_port as _free_port, require_host_packages as _require_host_packages
 from lepton import device
+from lepton_ir.reference import run_ort
 
 pytestmark = pytest.mark.arm
 
@@ -46,15 +47,6 @@ def _model(name: str) -> tuple[Path, dict[str, np.ndarray]]:
     return path, corpus.realistic_inputs(name, batch=1)
 
 
-def _reference(path: Path, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    return sess.run(None, inputs)
-
-
 _ARTIFACTS: dict[tuple[str, str], Path] = {}
 
 
@@ -70,7 +62,7 @@ def arm_artifact(tmp_path_factory):
             lepton.optimize(str(path), passes="canonicalize", backend="tvm-arm", target=target, output=out,
                             input_shapes={k: list(v.shape) for k, v in inputs.items()})
             _ARTIFACTS[(name, target)] = out
-        return _ARTIFACTS[(name, target)], inputs, _reference(path, inputs)
+        return _ARTIFACTS[(name, target)], inputs, run_ort(path, inputs, optimize=True)
 
     return get
 

@@ -23,9 +23,8 @@ pytestmark = [pytest.mark.arm, pytest.mark.slow]
 def test_tune_on_emulated_device(emulator, tmp_path: Path, request) -> None:
     if "slow" not in (request.config.getoption("-m") or ""):
         pytest.skip("remote tuning on the emulator takes minutes; run with -m slow")
-    import onnxruntime as ort
-
     from lepton.remote import RemoteRunner
+    from lepton_ir.reference import run_ort
     from lepton_ir.testing import corpus
 
     host, port = emulator
@@ -43,9 +42,7 @@ def test_tune_on_emulated_device(emulator, tmp_path: Path, request) -> None:
     assert run_secs and min(run_secs) < 1.0, run_secs
     x, _ = corpus.digits_dataset("test")
     feed = {"image": np.ascontiguousarray(x[:1], dtype=np.float32)}
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    ref = ort.InferenceSession(str(model), so, providers=["CPUExecutionProvider"]).run(None, feed)
+    ref = run_ort(model, feed, optimize=True)
     with RemoteRunner(out, rpc=f"{host}:{port}") as r:
         got = list(r.run(feed).values())
     np.testing.assert_allclose(got[0], ref[0], rtol=1e-3, atol=1e-4)

@@ -64,14 +64,14 @@ def _conv_gemm_model():
 @pytest.fixture(scope="session")
 def conv_gemm(tmp_path_factory) -> tuple[Path, np.ndarray, np.ndarray]:
     """(aarch64 library, input, ONNX Runtime reference output): compiled once on the host."""
-    import onnxruntime as ort
     import tvm
     from tvm.relax.frontend.onnx import from_onnx
 
+    from lepton_ir.reference import run_ort
+
     model = _conv_gemm_model()
     x = np.random.default_rng(1).standard_normal((1, 3, 16, 16)).astype("float32")
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    ref = sess.run(None, {"x": x})[0]
+    ref = run_ort(model, {"x": x}, optimize=True)[0]
 
     target = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]})
     ex = tvm.compile(from_onnx(model), target=target)

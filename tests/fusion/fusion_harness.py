@@ -13,10 +13,11 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import helper, numpy_helper
 
 import lepton_ir
+# Unoptimized sessions: ORT's own fusions would hide whether our rewrite or theirs produced a number.
+from lepton_ir.reference import run_ort
 from lepton_passes.rewrite import RewriteStats
 
 DOMAIN = "ai.lepton"
@@ -68,16 +69,6 @@ def rand(*shape: int, seed: int = 0, positive: bool = False) -> np.ndarray:
     r = np.random.default_rng(seed + 7 * len(shape) + sum(shape))
     a = r.standard_normal(shape).astype(np.float32)
     return np.abs(a) + 0.5 if positive else a
-
-
-def run_ort(model: onnx.ModelProto | lepton_ir.Model, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-    proto = lepton_ir.to_onnx(model) if isinstance(model, lepton_ir.Model) else model
-    so = ort.SessionOptions()
-    # ORT's own fusions would hide whether our rewrite or theirs produced a number.
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return [np.asarray(x) for x in sess.run(None, dict(feed))]
 
 
 def assert_close(ref: Sequence[np.ndarray], got: Sequence[np.ndarray], what: str) -> None:

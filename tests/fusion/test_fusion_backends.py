@@ -16,6 +16,7 @@ import pytest
 
 import lepton
 import lepton_passes.fusion  # noqa: F401
+from lepton_ir.reference import run_ort
 
 TOL = {"onnx": (1e-4, 1e-5), "tvm-cpu": (1e-3, 1e-4)}
 # Small real models: ppocr-cls (MobileNetV3: Conv+BN+HardSwish/HardSigmoid/Relu -> FusedConv) through
@@ -23,16 +24,6 @@ TOL = {"onnx": (1e-4, 1e-5), "tvm-cpu": (1e-3, 1e-4)}
 # only: a second real-model TVM build would double the file's runtime (bench/fusion_counts.py
 # checks it on tvm-cpu).
 REAL = [("ppocr-cls", "onnx"), ("ppocr-cls", "tvm-cpu"), ("silero-vad-ifless", "onnx")]
-
-
-def _ort(path: Path, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-    names = {i.name for i in sess.get_inputs()}
-    return sess.run(None, {k: v for k, v in feed.items() if k in names})
 
 
 def _digits() -> tuple[Path, dict[str, np.ndarray]]:
@@ -60,7 +51,7 @@ def _check(path: Path, feed: dict[str, np.ndarray], backend: str, tmp_path: Path
                           input_shapes={k: list(v.shape) for k, v in feed.items()})
     runner = lepton.load(tmp_path / "art")
     outs = runner.run(feed)
-    ref = _ort(path, feed)
+    ref = run_ort(path, feed, optimize=True)
     rtol, atol = TOL[backend]
     assert len(ref) == len(runner.output_names)
     for name, r in zip(runner.output_names, ref):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -17,6 +16,7 @@ import lepton_ir
 from lepton_ir import (DType, Graph, LeptonError, Model, Node, Shape, TensorType, Value, VerifyError,
                        infer_types, pin_input_shapes)
 from lepton_ir.clone import clone_graph
+from lepton_ir.reference import ort_session
 
 F32 = DType.FLOAT
 
@@ -517,7 +517,7 @@ def test_subgraph_round_trip_through_onnx_and_ort() -> None:
     assert g.outputs[0].type == TensorType(F32, Shape((2, 3)))
     proto = lepton_ir.to_onnx(m)
     onnx.checker.check_model(proto, full_check=True)
-    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    sess = ort_session(proto, optimize=True)
     xv = np.array([[-1, 2, 3], [4, -5, 6]], np.float32)
     (yt,) = sess.run(None, {"x": xv, "cond": np.array(True)})
     (ye,) = sess.run(None, {"x": xv, "cond": np.array(False)})
@@ -692,7 +692,7 @@ def test_evaluate_matches_onnxruntime() -> None:
     feeds = {"x": rng.standard_normal((3, 4)).astype(np.float32), "z": rng.standard_normal((3, 4)).astype(np.float32)}
     got = lepton_ir.evaluate(m, feeds)
     proto = lepton_ir.to_onnx(m)
-    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    sess = ort_session(proto, optimize=True)
     want = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
     assert set(got) == set(want) == {"y", "s"}
     for k in want:

@@ -19,7 +19,6 @@ import warnings
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -29,6 +28,7 @@ from onnx import numpy_helper as nh
 
 import lepton_ir
 from lepton_ir import AttrType, DType, Graph, LeptonError, Model, TensorType, TextParseError, Value
+from lepton_ir.reference import ort_session
 from lepton_ir.text import SummarizedTensor, parse_graph, parse_model, print_graph, print_model
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures"
@@ -53,9 +53,7 @@ def roundtrip(m: Model, max_inline: int | None = 16) -> tuple[str, Model]:
 
 
 def ort_run(proto: onnx.ModelProto, feeds: dict[str, np.ndarray] | list) -> list:
-    so = ort.SessionOptions()
-    so.log_severity_level = 4
-    sess = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess = ort_session(proto, optimize=True)
     if isinstance(feeds, list):
         feeds = {i.name: x for i, x in zip(sess.get_inputs(), feeds)}
     return sess.run(None, feeds)

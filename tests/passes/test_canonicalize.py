@@ -7,10 +7,10 @@ outputs before and after; each negative case checks the pass leaves the graph al
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 
 import lepton_ir
+from lepton_ir.reference import run_ort
 from lepton_passes.base import get_pass
 
 HEADER = 'model <ir_version=8, opset={"": 17}>\n'
@@ -22,13 +22,6 @@ def parse(body: str) -> lepton_ir.Model:
     return m
 
 
-def ort_run(model: lepton_ir.Model, feeds: dict) -> list[np.ndarray]:
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    s = ort.InferenceSession(lepton_ir.to_onnx(model).SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return s.run(None, feeds)
-
-
 def run_pass(body: str, name: str, feeds: dict | None = None, **options) -> tuple[lepton_ir.Model, bool]:
     """Run pass `name` on the fixture; verify; when `feeds` are given, compare ORT outputs."""
     before = parse(body)
@@ -36,7 +29,7 @@ def run_pass(body: str, name: str, feeds: dict | None = None, **options) -> tupl
     changed = get_pass(name)(**options).run(model)
     model.verify()
     if feeds is not None:
-        for a, b in zip(ort_run(before, feeds), ort_run(model, feeds)):
+        for a, b in zip(run_ort(before, feeds, optimize=True), run_ort(model, feeds, optimize=True)):
             np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6)
     return model, changed
 
@@ -323,13 +316,13 @@ func custom::ScaledLeakyRelu[alpha, scale=2.0](%x) -> (%out) <opset={"": 17}> {
 def test_inline_functions_substitutes_attributes_and_defaults():
     m = lepton_ir.from_text(FUNC)
     x = {"x": np.array([-2.0, -1.0, 0.5, 3.0], np.float32)}
-    ref = ort_run(m, x)
+    ref = run_ort(m, x, optimize=True)
     assert get_pass("inline-functions")().run(m)
     m.verify()
     assert not m.functions and "ScaledLeakyRelu" not in ops(m)
     alphas = sorted(n.attr("alpha") for n in m.graph if n.op_type == "LeakyRelu")
     assert alphas == [0.25, 0.5]
-    for a, b in zip(ref, ort_run(m, x)):
+    for a, b in zip(ref, run_ort(m, x, optimize=True)):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(ref[0], np.where(x["x"] < 0, 0.25 * x["x"], x["x"]) * 3.0)
     np.testing.assert_allclose(ref[1], np.where(x["x"] < 0, 0.5 * x["x"], x["x"]) * 2.0)
@@ -403,7 +396,7 @@ def test_bind_inputs_makes_a_constant_and_folds_the_branch():
     m.verify()
     assert [v.name for v in m.graph.inputs] == ["x"] and ops(m) == ["Sub"]
     x = {"x": np.array([1, 2, 3], np.float32)}
-    np.testing.assert_array_equal(ort_run(m, x)[0], x["x"] - 1)
+    np.testing.assert_array_equal(run_ort(m, x, optimize=True)[0], x["x"] - 1)
 
 
 @pytest.mark.parametrize("binding,msg", [("nope=1", "no input 'nope'"), ("x", "NAME=VALUE"),

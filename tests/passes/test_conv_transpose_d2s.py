@@ -5,22 +5,15 @@ the real PP-OCRv4 det model (its two upsampling ConvTransposes) against ONNX Run
 from __future__ import annotations
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 
 import lepton_ir
+from lepton_ir.reference import run_ort
 from lepton_passes.base import get_pass
 from lepton_passes.testing import check_pass
 
 HEADER = 'model <ir_version=8, opset={"": 17}>\n'
 PASS = "conv-transpose-to-depth-to-space"
-
-
-def _ort(model: lepton_ir.Model, feeds: dict) -> list[np.ndarray]:
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    s = ort.InferenceSession(lepton_ir.to_onnx(model).SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return s.run(None, feeds)
 
 
 def _weights(shape, seed=0) -> str:
@@ -33,7 +26,7 @@ def _run(body: str, feeds: dict) -> tuple[lepton_ir.Model, bool]:
     m = lepton_ir.from_text(HEADER + body)
     changed = get_pass(PASS)().run(m)
     m.verify()
-    for a, b in zip(_ort(before, feeds), _ort(m, feeds)):
+    for a, b in zip(run_ort(before, feeds, optimize=True), run_ort(m, feeds, optimize=True)):
         np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
     return m, changed
 
@@ -112,5 +105,5 @@ def test_ppocr_det_upsampling_head():
     m.verify()
     assert [n.op_type for n in m.graph.all_nodes()].count("ConvTranspose") == 0
     x = np.random.default_rng(4).standard_normal((1, 3, 96, 160)).astype(np.float32)
-    a, b = _ort(before, {"x": x})[0], _ort(m, {"x": x})[0]
+    a, b = run_ort(before, {"x": x}, optimize=True)[0], run_ort(m, {"x": x}, optimize=True)[0]
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)

@@ -7,11 +7,11 @@ import re
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import lepton_ir
+from lepton_ir.reference import run_ort
 from lepton_ir.testing.corpus import conformance_cases, conformance_tolerances
 from lepton_passes.base import get_pass
 
@@ -25,12 +25,6 @@ PATTERN = re.compile(r"test_(lstm|gru|rnn|simple_rnn|convinteger|matmulinteger|d
 LEFT_ALONE = {"test_lstm_with_peepholes": "sequence_lens is a graph input"}
 
 CASES = [c for c in conformance_cases() if PATTERN.match(c[0])]
-
-
-def _ort(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, feeds)
 
 
 def test_cases_found():
@@ -53,13 +47,13 @@ def test_conformance_case(case):
     rtol, atol = conformance_tolerances()[name]
     feeds = dict(zip(names, inputs))
     try:
-        _ort(model, feeds)
+        run_ort(model, feeds, optimize=True)
     except Exception:
         # ONNX Runtime lacks a kernel the case needs (e.g. bfloat16 arithmetic): check the
         # legalized model with onnx's reference evaluator instead.
         got = list(lepton_ir.evaluate(m, feeds).values())
     else:
-        got = _ort(lepton_ir.to_onnx(m), feeds)
+        got = run_ort(lepton_ir.to_onnx(m), feeds, optimize=True)
     for g, r in zip(got, outputs):
         r = np.asarray(r)
         assert g.shape == r.shape and g.dtype == r.dtype
@@ -85,7 +79,7 @@ def test_conv_integer_is_bit_exact_with_large_kernels(cin, k, zp_w):
     proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
     m = lepton_ir.load(proto)
     assert get_pass("legalize-integer-ops")().run(m)
-    np.testing.assert_array_equal(_ort(lepton_ir.to_onnx(m), {"x": x})[0], _ort(proto, {"x": x})[0])
+    np.testing.assert_array_equal(run_ort(lepton_ir.to_onnx(m), {"x": x}, optimize=True)[0], run_ort(proto, {"x": x}, optimize=True)[0])
 
 
 def test_rnn_with_unknown_sequence_length_is_a_near_miss():

@@ -12,10 +12,10 @@ from __future__ import annotations
 import re
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 
 import lepton_ir
+from lepton_ir.reference import run_ort
 from lepton.onnx_backend import binding_text
 from lepton_ir.analysis import shape_determining_inputs
 from lepton_ir.testing.corpus import conformance_cases, conformance_tolerances
@@ -29,13 +29,6 @@ PATTERN = re.compile(r"test_(scan9_|causal_conv_with_state_|linear_attention_|"
                      r"onehot_|constant_pad|qlinearmatmul_|qlinearconv|bitshift_|isinf_|"
                      r"resize_.*(axes|not_larger|not_smaller)|col2im|eyelike_|reduce_m(ax|in)_(bool|empty)|spacetodepth)")
 CASES = [c for c in conformance_cases() if PATTERN.match(c[0])]
-
-
-def _ort(model, feeds: dict) -> list[np.ndarray]:
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    s = ort.InferenceSession(lepton_ir.to_onnx(model).SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return s.run(None, feeds)
 
 
 def test_cases_found():
@@ -64,7 +57,7 @@ def test_conformance_case(case):
         assert "value" in [v.name for v in m.graph.inputs]
     run_feeds = {k: v for k, v in feeds.items() if k not in bound}
     try:
-        got = _ort(m, run_feeds)
+        got = run_ort(m, run_feeds, optimize=True)
     except Exception:  # ORT lacks a kernel (bfloat16 Where): onnx's reference evaluator instead
         got = list(lepton_ir.evaluate(m, run_feeds).values())
     rtol, atol = conformance_tolerances().get(name, (1e-3, 1e-7))

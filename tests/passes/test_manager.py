@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import shlex
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,8 @@ from onnx import TensorProto, helper
 
 import lepton_ir
 from lepton_ir import Model, Node, Value, VerifyError
-from lepton_passes import (DifferentialInstrument, DifferentialMismatchError, Pass, PassError, PassFailedError,
+from lepton_passes import (DifferentialInstrument, DifferentialMismatchError, FixpointWarning, Pass,
+                           PassChangedMismatchError, PassChangedMismatchWarning, PassError, PassFailedError,
                            PassManager, PrintIRInstrument, ReproducerInstrument, TimingInstrument, make_inputs,
                            parse_pipeline, register_pass, run_onnxruntime)
 
@@ -305,3 +307,114 @@ def test_reproducer_for_a_differential_mismatch(tmp_path: Path) -> None:
     with pytest.raises(PassFailedError):
         PassManager("tm-crash", instruments=[r]).run(make_model())
     assert r.last_path is not None and r.last_path.is_dir()
+
+
+# -- change detection by fingerprint ------------------------------------------------------------------
+@register_pass
+@dataclasses.dataclass(frozen=True)
+class TmSilentEdit(Pass):
+    """Renames the Relu's output but says it changed nothing."""
+
+    name = "tm-silent-edit"
+
+    def run(self, model: Model) -> bool:
+        find(model, "Relu").outputs[0].name = "renamed"
+        return False
+
+
+@register_pass
+@dataclasses.dataclass(frozen=True)
+class TmBoast(Pass):
+    """Changes nothing but says it did."""
+
+    name = "tm-boast"
+
+    def run(self, model: Model) -> bool:
+        return True
+
+
+@register_pass
+@dataclasses.dataclass(frozen=True)
+class TmCountdown(Pass):
+    """Bumps a counter in the Relu's doc string up to `until`, always saying it changed nothing."""
+
+    name = "tm-countdown"
+    until: int = 3
+
+    def run(self, model: Model) -> bool:
+        relu = find(model, "Relu")
+        n = int(relu.doc or 0)
+        if n < self.until:
+            relu.doc = str(n + 1)
+        return False
+
+
+@register_pass
+@dataclasses.dataclass(frozen=True)
+class TmSilentSubtract(Pass):
+    """tm-subtract (wrong outputs) that says it changed nothing."""
+
+    name = "tm-silent-subtract"
+
+    def run(self, model: Model) -> bool:
+        find(model, "Add").op_type = "Sub"
+        return False
+
+
+def test_a_pass_hiding_a_change_is_reported_and_the_truth_is_used() -> None:
+    m = make_model()
+    with pytest.warns(PassChangedMismatchWarning,
+                      match=r"^pass 'tm-silent-edit' returned changed=False but modified the model$"):
+        report = PassManager("tm-silent-edit").run(m)
+    (rec,) = report.records
+    assert (rec.changed, rec.reported_changed, rec.mismatch) == (True, False, True)
+    assert report.changed
+
+
+def test_a_pass_claiming_a_change_it_did_not_make_is_reported() -> None:
+    with pytest.warns(PassChangedMismatchWarning,
+                      match=r"^pass 'tm-boast' returned changed=True but left the model unchanged$"):
+        report = PassManager("tm-noop,tm-boast").run(make_model())
+    assert [(r.changed, r.reported_changed) for r in report.records] == [(False, False), (False, True)]
+    assert not report.changed
+
+
+def test_strict_changed_raises_and_names_the_pass(tmp_path: Path) -> None:
+    with pytest.raises(PassChangedMismatchError, match="pass 'tm-boast' returned changed=True") as ei:
+        PassManager("tm-identity,tm-boast", strict_changed=True, reproducer_dir=str(tmp_path)).run(make_model())
+    assert isinstance(ei.value, PassError) and ei.value.pass_text == "tm-boast"
+    check_reproducer(str(ei.value), "tm-boast")  # a failure like any other: the reproducer is written
+    with pytest.raises(PassChangedMismatchError, match="tm-silent-edit.*modified the model"):
+        PassManager("tm-silent-edit", strict_changed=True).run(make_model())
+
+
+def test_truthful_passes_give_no_warning() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report = PassManager("tm-noop,tm-identity,fixpoint(tm-noop)", strict_changed=True).run(make_model())
+    assert all(not r.mismatch and r.reported_changed == r.changed for r in report.records)
+
+
+def test_fixpoint_stops_on_the_truth_not_on_what_passes_say() -> None:
+    # tm-boast always claims a change: on its word the fixpoint would spin to its limit.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PassChangedMismatchWarning)
+        warnings.simplefilter("error", FixpointWarning)
+        report = PassManager("fixpoint(tm-boast)").run(make_model())
+    assert len(report.records) == 1
+    # tm-countdown changes the model three times while denying it: the fixpoint keeps going
+    # until the model really stops changing (three changing runs, one that confirms).
+    m = make_model()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PassChangedMismatchWarning)
+        report = PassManager("fixpoint(tm-countdown)").run(m)
+    assert [r.changed for r in report.records] == [True, True, True, False]
+    assert find(m, "Relu").doc == "3"
+
+
+def test_the_differential_check_sees_a_hidden_change() -> None:
+    # Trusting the pass's False, the differential instrument would skip the run and miss the bug.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PassChangedMismatchWarning)
+        with pytest.raises(DifferentialMismatchError, match="tm-silent-subtract"):
+            PassManager("tm-silent-subtract", instruments=[DifferentialInstrument()]).run(make_model())

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from hypothesis import strategies as st
 from onnx import TensorProto as T
@@ -13,6 +12,7 @@ from onnx import helper as h
 from onnx import numpy_helper as nh
 
 import lepton_ir
+from lepton_ir.reference import run_ort
 from lepton_passes import get_pass, run_onnxruntime
 from lepton_passes.quant import QdqToInteger, Quant8
 from lepton_passes.testing import check_one, check_pass
@@ -161,12 +161,9 @@ def test_integer_ops_run_as_integer_kernels_in_ort(tmp_path):
     qm = quantized(tmp_path, "cnn", "u8")
     data = lepton_ir.to_onnx(qm).SerializeToString()
     x = {"x": np.random.default_rng(5).standard_normal((1, 3, 8, 8)).astype(np.float32)}
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    ref = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"]).run(None, x)[0]
+    ref = run_ort(data, x, optimize=True)[0]  # optimized: ORT's fused QDQ kernels
     assert QdqToInteger().run(qm)
-    got = ort.InferenceSession(lepton_ir.to_onnx(qm).SerializeToString(), so,
-                               providers=["CPUExecutionProvider"]).run(None, x)[0]
+    got = run_ort(qm, x, optimize=True)[0]
     _, atol = QdqToInteger().tolerance(qm)
     np.testing.assert_allclose(got, ref, rtol=0, atol=atol)
 

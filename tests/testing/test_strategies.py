@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from lepton_ir.reference import ort_session
 from lepton_ir.testing.strategies import (
     OPS,
     PRESETS,
@@ -46,11 +47,7 @@ def _collect(strategy: st.SearchStrategy[onnx.ModelProto], n: int) -> list[onnx.
 
 
 def _session(m: onnx.ModelProto) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 1
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    return ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return ort_session(m, optimize=True, threads=1)
 
 
 def _dims(vi: onnx.ValueInfoProto) -> list[int | str | None]:

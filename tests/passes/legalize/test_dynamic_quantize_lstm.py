@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import lepton_ir
+from lepton_ir.reference import run_ort
 from lepton_passes.base import get_pass
 from lepton_passes.legalize.dynamic_quantize_lstm import why_not
 
@@ -22,12 +22,9 @@ RTOL, ATOL = 1e-3, 1e-4
 
 
 def _ort(model: onnx.ModelProto, feeds: dict) -> list[np.ndarray]:
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
     # ORT splits batches > 1 over its threads and quantizes each chunk separately (see the pass's
     # docstring); one thread is the whole-batch arithmetic the rewrite reproduces.
-    so.intra_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, feeds)
+    return run_ort(model, feeds, optimize=True, threads=1)
 
 
 def _quantize_weight(w: np.ndarray, per_channel: bool, unsigned: bool):
