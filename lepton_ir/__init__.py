@@ -2,7 +2,9 @@
 
 Public API: `load`, `save`, `to_onnx`, `to_text`, `from_text`, `evaluate`, the IR classes
 (`Model`, `Graph`, `Node`, `Value`, `Attr`, `Function`), types (`DType`, `Shape`, `TensorType`, ...),
-constants (`Tensor`, `ArrayTensor`) and the errors (`LeptonError` and subclasses).
+constants (`Tensor`, `ArrayTensor`), the errors (`LeptonError` and subclasses), shape
+re-propagation after a change (`repropagate`, `replace_constant`, `register_shape_function`)
+and the op-semantics tables for channel bookkeeping (`lepton_ir.opsem`).
 """
 
 from .errors import (ExternalDataError, GraphCycleError, LeptonError, ModelLoadError, ModelTooLargeError,
@@ -12,8 +14,10 @@ from .extract import NodeSpec, Stage, extract, replace_region, run_stages, split
 from .graphview import unsized_values, weighted_view
 from .ir import Attr, AttrType, Function, Graph, Model, Node, Value
 from .onnx_io import load, save, to_onnx
-from .shape_inference import infer_types, pin_input_shapes
+from .shape_inference import (ShapeInferenceError, infer_types, pin_input_shapes, register_shape_function,
+                              replace_constant, replace_constants, repropagate)
 from .tensor import ArrayTensor, SparseTensor, Tensor
+from . import opsem
 from .types import DType, MapType, OptionalType, SequenceType, Shape, SparseTensorType, TensorType, Type
 
 
@@ -33,6 +37,7 @@ def from_text(text: str) -> Model:
 
 __all__ = [
     "load", "save", "to_onnx", "infer_types", "pin_input_shapes", "to_text", "from_text", "evaluate", "register_reference_op",
+    "repropagate", "replace_constant", "replace_constants", "register_shape_function", "ShapeInferenceError", "opsem",
     "Model", "Graph", "Node", "Value", "Attr", "AttrType", "Function",
     "DType", "Shape", "TensorType", "SparseTensorType", "SequenceType", "OptionalType", "MapType", "Type",
     "Tensor", "ArrayTensor", "SparseTensor",

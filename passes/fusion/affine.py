@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from lepton_ir import Node, Value
+from lepton_ir.opsem import WeightInfo, expand_out_channels, weight_info
 
 from ..rewrite import Match, PatternBuilder, RewriteBuilder, Rule
 from ..util import constant_value
@@ -37,39 +38,39 @@ PRODUCERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 @dataclass
 class _Target:
-    """Where the output channels of a producer live and how to rewrite its weights."""
+    """Where the output channels of a producer live (from `lepton_ir.opsem`) and its weight layout."""
 
     node: Node
     out_rank: int
     axis: int
     channels: int
+    info: WeightInfo
 
 
 def _target(node: Node) -> _Target | str:
     """Describe the output channels of `node`, or say why its weights cannot absorb a scale."""
     kind = node.op_type
+    info = weight_info(node)
     w = node.inputs[1] if len(node.inputs) > 1 else None
     wc = constant_value(w)
     if wc is None:
         return "weights are not constant"
     if wc.dtype.kind != "f":
         return "weights are not floating point"
-    if kind == "Conv":
-        return _Target(node, wc.ndim, 1, wc.shape[0])
-    if kind == "ConvTranspose":
-        return _Target(node, wc.ndim, 1, wc.shape[1] * int(node.attr("group", 1)))
+    if info is None or kind not in PRODUCERS:
+        return f"{kind} is not a foldable producer"
+    if kind in ("Conv", "ConvTranspose"):
+        return _Target(node, wc.ndim, info.act_axis, info.out_channels(wc.shape), info)
     if kind == "Gemm":
         if wc.ndim != 2:
             return "Gemm B is not 2-D"
-        return _Target(node, 2, 1, wc.shape[0] if node.attr("transB", 0) else wc.shape[1])
-    if kind == "MatMul":
-        if wc.ndim != 2:
-            return "MatMul B is not 2-D (batched weights)"
-        r = rank_of(node.inputs[0])
-        if r is None or r < 2:
-            return "MatMul input rank unknown or < 2"
-        return _Target(node, r, r - 1, wc.shape[1])
-    return f"{kind} is not a foldable producer"
+        return _Target(node, 2, info.act_axis, info.out_channels(wc.shape), info)
+    if wc.ndim != 2:
+        return "MatMul B is not 2-D (batched weights)"
+    r = rank_of(node.inputs[0])
+    if r is None or r < 2:
+        return "MatMul input rank unknown or < 2"
+    return _Target(node, r, r - 1, info.out_channels(wc.shape), info)  # a 2-D B keeps A's rank
 
 
 def _bias_of(t: _Target) -> np.ndarray | None | str:
@@ -99,18 +100,8 @@ def fold(op: RewriteBuilder, t: _Target, scale: np.ndarray | None, shift: np.nda
     assert not isinstance(bias, str)
     kind = n.op_type
     if scale is not None:
-        if kind == "Conv":
-            w64 = w64 * scale.reshape((-1,) + (1,) * (w.ndim - 1))
-        elif kind == "ConvTranspose":
-            g = int(n.attr("group", 1))
-            cin, cout_g = w.shape[0], w.shape[1]
-            # W is (Cin, Cout/group, k...); output channel o = g_idx * Cout/group + j.
-            w64 = (w64.reshape((g, cin // g, cout_g) + w.shape[2:])
-                   * scale.reshape((g, 1, cout_g) + (1,) * (w.ndim - 2))).reshape(w.shape)
-        elif kind == "Gemm":
-            w64 = w64 * (scale[:, None] if n.attr("transB", 0) else scale[None, :])
-        else:  # MatMul
-            w64 = w64 * scale[None, :]
+        # Along the output-channel axis of W (for grouped ConvTranspose split over axes 0 and 1).
+        w64 = w64 * expand_out_channels(t.info, w.shape, scale)
     new_w = op.const(w64.astype(dt), name="fused_w")
     if kind == "MatMul":
         assert shift is None

@@ -5,8 +5,9 @@ semantics, written in numpy and registered with `lepton_ir.register_reference_op
 `lepton_ir.evaluate` can run a fused model before it is lowered. The lowering passes
 (`lower.py`) turn each of these back into standard ONNX or ONNX Runtime contrib ops.
 
-Shape inference for these ops is not implemented (onnx's inference does not know the domain);
-the rules copy the type of the value they replace onto the fused op's output instead.
+onnx's inference does not know the domain: the rules copy the type of the value they replace
+onto the fused op's output, and `SHAPE_FUNCTIONS` (registered with
+`lepton_ir.register_shape_function`) give `lepton_ir.repropagate` each op's output types.
 
 Ops (domain `ai.lepton`, version 1):
 
@@ -38,6 +39,7 @@ from onnx.reference.op_run import OpRun
 from onnx.reference.ops.op_conv import _conv_implementation
 
 import lepton_ir
+from lepton_ir.shape_inference import infer_like
 
 DOMAIN = "ai.lepton"
 
@@ -203,10 +205,51 @@ REFERENCE_OPS: dict[str, type[OpRun]] = {
 }
 
 
+_FUSED_ATTRS = ("activation", "activation_params")
+
+
+def _swap_last(t: Any, swap: bool) -> Any:
+    """The type with its last two dims swapped (FusedMatMul's transA/transB, Attention's transB)."""
+    if not swap or t is None or t.shape is None or len(t.shape) < 2:
+        return t
+    d = list(t.shape.dims)
+    return lepton_ir.TensorType(t.dtype, lepton_ir.Shape(d[:-2] + [d[-1], d[-2]]))
+
+
+def _matmul_like(n: lepton_ir.Node, ins: Sequence[Any]) -> list[Any]:
+    a, b = _swap_last(ins[0], bool(n.attr("transA", 0))), _swap_last(ins[1], bool(n.attr("transB", 0)))
+    return infer_like("MatMul", n, [a, b], drop=tuple(n.attrs))
+
+
+def _attention(n: lepton_ir.Node, ins: Sequence[Any]) -> list[Any]:
+    s = infer_like("MatMul", n, [ins[0], _swap_last(ins[1], bool(n.attr("transB", 0)))], drop=tuple(n.attrs))
+    return infer_like("MatMul", n, [s[0], ins[2]], drop=tuple(n.attrs))
+
+
+def _first_input(n: lepton_ir.Node, ins: Sequence[Any]) -> list[Any]:
+    return [ins[0]] + [None] * (len(n.outputs) - 1)
+
+
+#: Output types of every op above, for `lepton_ir.repropagate` (fn(node, input types) -> types).
+SHAPE_FUNCTIONS: dict[str, Any] = {
+    "FusedConv": lambda n, ins: infer_like("Conv", n, ins, drop=_FUSED_ATTRS),
+    "FusedGemm": lambda n, ins: infer_like("Gemm", n, ins, drop=_FUSED_ATTRS),
+    "FusedMatMul": _matmul_like,
+    "Gelu": _first_input,
+    "BiasGelu": lambda n, ins: infer_like("Add", n, ins, drop=tuple(n.attrs)),
+    "LayerNormalization": _first_input,
+    "SkipLayerNorm": lambda n, ins: infer_like("Add", n, ins[:2], drop=tuple(n.attrs)),
+    "Attention": _attention,
+}
+
+
 def register_reference_ops() -> None:
-    """Make `lepton_ir.evaluate` able to run every `ai.lepton` op (idempotent)."""
+    """Make `lepton_ir.evaluate` able to run every `ai.lepton` op, and `lepton_ir.repropagate`
+    infer their types (idempotent)."""
     for name, impl in REFERENCE_OPS.items():
         lepton_ir.register_reference_op(DOMAIN, name, impl)
+    for name, fn in SHAPE_FUNCTIONS.items():
+        lepton_ir.register_shape_function(DOMAIN, name, fn)
 
 
 register_reference_ops()

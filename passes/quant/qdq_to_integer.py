@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from lepton_ir import DType, Model, Node, TensorType, Value, infer_types
+from lepton_ir.opsem import weight_info
 
 from ..base import Pass, register_pass
 from ..util import constant_value, infer_types_changed, replace_value
@@ -138,8 +139,9 @@ class QdqToInteger(Pass):
         wq = constant_value(dw.q)
         if wq is None or wq.dtype.type not in _INT8 or wq.ndim < 3:
             return False
-        cout = wq.shape[0]
-        w_scale = self._weight_scale(dw, axis=0, nout=cout)
+        info = weight_info(n)
+        cout = info.out_channels(wq.shape)
+        w_scale = self._weight_scale(dw, axis=info.out_axis, nout=cout)
         if w_scale is None:
             return False
         mult = _scalar(dx.scale, np.float32) * w_scale
@@ -178,8 +180,9 @@ class QdqToInteger(Pass):
         if wq.dtype.type not in _INT8 or wq.ndim < 2 or (n.op_type == "Gemm" and wq.ndim != 2):
             return False
         trans_b = n.op_type == "Gemm" and bool(n.attr("transB", 0))
-        nout = wq.shape[0] if trans_b else wq.shape[-1]
-        w_scale = self._weight_scale(dw, axis=(0 if trans_b else wq.ndim - 1), nout=nout)
+        out_axis = weight_info(n).out_axis % wq.ndim
+        nout = wq.shape[out_axis]
+        w_scale = self._weight_scale(dw, axis=out_axis, nout=nout)
         if w_scale is None or (np.size(w_scale) > 1 and wq.ndim != 2):
             return False
         mult = _scalar(dx.scale, np.float32) * w_scale

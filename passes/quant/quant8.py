@@ -27,6 +27,7 @@ from typing import Literal
 import numpy as np
 
 from lepton_ir import DType, Model, Node, TensorType, Value, infer_types
+from lepton_ir.opsem import weight_info
 
 from ..base import Pass, PassError, register_pass
 from ..util import constant_value, is_constant
@@ -332,15 +333,14 @@ class Quant8(Pass):
         w = constant_value(w_val)
         if w is None or w.dtype != np.float32:
             return  # activation x activation MatMul: both inputs already have Q/DQ
-        axis: int | None
-        if op == "Conv":
-            axis = 0
-        elif op == "ConvTranspose":
-            axis = 1 if n.attr("group", 1) == 1 else None
-        elif op == "Gemm":
-            axis = 0 if n.attr("transB", 0) else 1
-        else:  # MatMul: columns of a 2-D B are the output channels
-            axis = 1 if w.ndim == 2 else None
+        info = weight_info(n)
+        axis: int | None = info.out_axis % w.ndim if info is not None and w.ndim >= 2 else None
+        # One scale per weight slice along axis: exactly per output channel only where that axis
+        # holds all output channels (not grouped ConvTranspose: Cout/group there), and batched
+        # MatMul weights would need one scale per (batch, column).
+        if info is None or (info.kind == "conv_transpose" and info.group != 1) \
+                or (info.kind == "matmul" and w.ndim != 2):
+            axis = None
         if not self.per_channel or w.ndim < 2:
             axis = None
         qmax = self.weight_qmax
