@@ -159,7 +159,7 @@ class Backend:
         (`name` "main", files at the top) unless a backend splits the model (the TVM backends hand
         the parts they cannot compile to ONNX Runtime: backends/tvm/partition.py)."""
         stage = self.build_stage(model, staging, target=target, options=options, run_pipeline=run_pipeline)
-        stage.update(name="main", dir=".")
+        stage.update(name="main", dir=".", nodes=len(model.graph))
         return [(self, stage)]
 
 

@@ -11,6 +11,7 @@ outputs are written atomically, so nothing partial is left behind.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -266,6 +267,11 @@ def _opt(args: argparse.Namespace) -> int:
         line += "; differential check passed"
     if result.artifact is not None:
         line += f"; wrote {result.artifact}"
+        mf = Path(result.artifact) / "manifest.json"
+        stages = json.loads(mf.read_text()).get("stages", []) if mf.is_file() else []
+        if len(stages) > 1:
+            kinds = ", ".join(f"{s['backend']} ({s.get('nodes', '?')} nodes)" for s in stages)
+            line += f" with {len(stages)} stages: {kinds}"
     print(line)
     return EXIT_OK
 
@@ -347,6 +353,15 @@ def _bench(fn: Callable[[], Any], n: int, warmup: int) -> tuple[float, float]:
     return float(np.median(times)), float(np.percentile(times, 90))
 
 
+def _stage_table(rows: list[dict[str, Any]]) -> str:
+    """The per-stage breakdown of a multi-stage artifact (lepton-run --bench)."""
+    lines = [f"{'stage':<8} {'backend':<9} {'device':<7} {'nodes':>5} {'in bytes':>10} {'out bytes':>10} {'ms':>9}  why"]
+    for r in rows:
+        lines.append(f"{str(r['name']):<8} {str(r['backend']):<9} {str(r['device']):<7} {str(r['nodes'] or '-'):>5} "
+                     f"{r['bytes_in']:>10} {r['bytes_out']:>10} {r['median_ms']:>9.3f}  {r['reason'][:90]}")
+    return "\n".join(lines)
+
+
 def _run(args: argparse.Namespace) -> int:
     import lepton
     from lepton_ir.reference import compare_outputs, feed_for, ort_session, run_ort
@@ -386,6 +401,8 @@ def _run(args: argparse.Namespace) -> int:
     elif args.bench:
         median, p90 = _bench(lambda: runner.run(inputs), args.bench, args.warmup)
         print(f"artifact latency: median {median:.3f} ms, p90 {p90:.3f} ms ({args.bench} runs, {args.warmup} warm-up)")
+    if args.bench and hasattr(runner, "profile") and len(runner.manifest.get("stages", [])) > 1:
+        print(_stage_table(runner.profile(inputs, repeat=args.bench, warmup=args.warmup)))
     if args.compare:
         if not Path(args.compare).is_file():
             raise LeptonError(f"{args.compare}: no such file")

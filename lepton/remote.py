@@ -350,6 +350,13 @@ class RemoteRunner:
         except Exception as e:  # noqa: BLE001
             raise RemoteError(f"benchmark on {self.address} failed: {_first_line(e)}") from None
 
+    def profile(self, inputs: Mapping[str, Any], repeat: int = 10, warmup: int = 2) -> list[dict[str, Any]]:
+        """Per-stage latency and border bytes (see lepton.runtime.ArtifactRunner.profile); timed here,
+        so each stage's time includes its tensors' trips over the link."""
+        from .runtime import profile_stages
+
+        return profile_stages(self._stages, inputs, repeat, warmup)
+
     def close(self) -> None:
         """Drop the session (the RPC server serves one session at a time)."""
         # Every reference to the session must go: the remote device objects hold it too (their

@@ -217,7 +217,7 @@ class TvmCpuBackend(Backend):
                                          run_pipeline=run_pipeline)
             return partitioned_stages(self, work, staging, target=target, options=opts, lowering=lowering,
                                       whole_error=e)
-        entry.update(name="main", dir=".")
+        entry.update(name="main", dir=".", nodes=len(work.graph))
         if opts.placement == "fastest":
             from .partition import partitioned_stages
 
