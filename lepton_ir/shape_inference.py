@@ -264,6 +264,8 @@ def replace_constants(model: Model, arrays: Mapping[Value, Any]) -> None:
         v.type = TensorType(t.dtype, t.shape)
         if "input_type" in v.meta:  # initializer also declared as a graph input (IR < 4)
             v.meta["input_type"] = v.type
+        if "declared_output_type" in v.meta:  # an initializer returned as a graph output
+            v.meta["declared_output_type"] = _redeclare(v.meta["declared_output_type"], v.type)
     repropagate(model, list(arrays))
 
 

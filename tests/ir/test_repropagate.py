@@ -238,3 +238,52 @@ graph g(%x: f32[2,3], %z: f32[4]) -> (%y) {
     assert m.graph.outputs[0].type is None
     with pytest.raises(ShapeInferenceError, match="Add"):
         lepton_ir.infer_types(lepton_ir.from_text(text), strict=True)
+
+
+def test_initializer_returned_as_output_and_declared_as_input():
+    m = lepton_ir.from_text('''model <ir_version=3, opset={"": 9}>
+graph g(%x: f32[3], %w: f32[3]) -> (%y: f32[3], %w: f32[3]) {
+  %w = const f32[3] [1.0, 2.0, 3.0]
+  %y = Mul(%x, %w)
+  return %y, %w
+}''')
+    w = m.graph.initializers["w"]
+    replace_constant(w, np.ones(1, np.float32), model=m)  # broadcasts: y keeps [3]
+    proto = lepton_ir.to_onnx(m)
+    dims = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim]
+            for vi in list(proto.graph.input) + list(proto.graph.output)}
+    assert dims == {"x": [3], "w": [1], "y": [3]}
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert [r.shape for r in sess.run(None, {"x": np.ones(3, np.float32)})] == [(3,), (1,)]
+
+
+LEPTON_OPS = {  # op -> (input shapes, attributes); every op of passes/fusion/ops.py
+    "FusedConv": ([[2, 4, 6, 6], [6, 2, 3, 3], [6]], {"group": 2, "strides": [2, 2], "activation": "Relu"}),
+    "FusedGemm": ([[3, 4], [5, 4], [5]], {"transB": 1, "activation": "Tanh"}),
+    "FusedMatMul": ([[2, 4, 3], [2, 5, 4]], {"transA": 1, "transB": 1, "alpha": 0.5}),
+    "Gelu": ([[2, 3, 4]], {"approximate": "tanh"}),
+    "BiasGelu": ([[2, 3, 4], [4]], {}),
+    "LayerNormalization": ([[2, 3, 4], [4], [4]], {"axis": -1, "epsilon": 1e-5}),
+    "SkipLayerNorm": ([[2, 3, 4], [1, 3, 4], [4], [4]], {"epsilon": 1e-5}),
+    "Attention": ([[2, 3, 4], [2, 5, 4], [2, 5, 6]], {"transB": 1, "scale": 0.5}),
+}
+
+
+@pytest.mark.parametrize("op", sorted(LEPTON_OPS))
+def test_every_lepton_op_has_a_shape_function_matching_its_kernel(op: str):
+    from lepton_passes.fusion import ops
+
+    assert set(LEPTON_OPS) == set(ops.SHAPE_FUNCTIONS) == set(ops.REFERENCE_OPS)
+    shapes, attrs = LEPTON_OPS[op]
+    g = lepton_ir.Graph("g")
+    ins = [g.add_input(lepton_ir.Value(f"i{k}", TensorType(lepton_ir.DType.FLOAT, lepton_ir.Shape(s))))
+           for k, s in enumerate(shapes)]
+    node = lepton_ir.Node(op, ins, attrs, domain="ai.lepton")
+    node.outputs[0].name = "y"
+    g.append(node)
+    g.outputs.append(node.outputs[0])
+    m = lepton_ir.Model(g, opset_imports={"": 17, "ai.lepton": 1})
+    repropagate(m, ins)
+    feeds = {f"i{k}": RNG.standard_normal(s).astype(np.float32) for k, s in enumerate(shapes)}
+    ref = lepton_ir.evaluate(m, feeds)["y"]
+    assert node.outputs[0].type == TensorType(lepton_ir.DType.FLOAT, lepton_ir.Shape(list(ref.shape)))
