@@ -298,15 +298,9 @@ class RemoteRunner:
             self.outputs = self._runner.outputs
 
     def _chain(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
-        missing = [n for n in self.input_names if n not in inputs]
-        extra = [n for n in inputs if n not in self.input_names]
-        if missing or extra:
-            raise LeptonError(f"inputs do not match the artifact: missing {missing or 'none'}, unknown "
-                              f"{extra or 'none'}; expected {self.input_names}")
-        env: dict[str, Any] = dict(inputs)
-        for stage, st in self._stages:
-            env.update(st.run({s["name"]: env[s["name"]] for s in stage["inputs"]}))
-        return {n: env[n] for n in self.output_names}
+        from .runtime import run_chain
+
+        return run_chain(self._stages, inputs, self.input_names, self.output_names)
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """``{input name: array}`` -> ``{output name: array}``, computed on the device."""

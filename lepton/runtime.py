@@ -34,16 +34,7 @@ class ArtifactRunner:
 
     def run(self, inputs: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Outputs by name for inputs by name (missing or unknown names are an error)."""
-        missing = [n for n in self.input_names if n not in inputs]
-        extra = [n for n in inputs if n not in self.input_names]
-        if missing or extra:
-            raise LeptonError(f"inputs do not match the artifact: missing {missing or 'none'}, unknown "
-                              f"{extra or 'none'}; expected {self.input_names}")
-        env: dict[str, Any] = dict(inputs)
-        for stage, runner in self.stages:
-            feed = {s["name"]: env[s["name"]] for s in stage["inputs"]}
-            env.update(runner.run(feed))
-        return {n: env[n] for n in self.output_names}
+        return run_chain(self.stages, inputs, self.input_names, self.output_names)
 
     __call__ = run
 
@@ -51,6 +42,21 @@ class ArtifactRunner:
         """Per stage: name, backend, device, nodes, the bytes it reads and writes at its borders,
         and its median latency in ms over `repeat` runs (each stage timed on its own inputs)."""
         return profile_stages(self.stages, inputs, repeat, warmup)
+
+
+def run_chain(stages: list[tuple[dict[str, Any], Any]], inputs: Mapping[str, Any], input_names: list[str],
+              output_names: list[str]) -> dict[str, Any]:
+    """Run (stage entry, runner) pairs in order, each fed the arrays it names from the inputs and
+    the earlier stages' outputs; shared with the remote runner (lepton.remote)."""
+    missing = [n for n in input_names if n not in inputs]
+    extra = [n for n in inputs if n not in input_names]
+    if missing or extra:
+        raise LeptonError(f"inputs do not match the artifact: missing {missing or 'none'}, unknown "
+                          f"{extra or 'none'}; expected {input_names}")
+    env: dict[str, Any] = dict(inputs)
+    for stage, runner in stages:
+        env.update(runner.run({s["name"]: env[s["name"]] for s in stage["inputs"]}))
+    return {n: env[n] for n in output_names}
 
 
 def profile_stages(stages: list[tuple[dict[str, Any], Any]], inputs: Mapping[str, Any], repeat: int,

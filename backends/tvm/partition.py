@@ -153,8 +153,13 @@ def partitioned_stages(be: Any, work: Model, staging: Path, *, target: str | Non
     # Partition, compile the TVM regions; a region that fails as a whole (every node compiled on
     # its own) hands its nodes to the fallback and the partition is redone, so fallback regions
     # merge with their neighbours instead of fragmenting the model.
+    # A TVM region that fails as a whole is bisected (its halves get labels of their own, so they
+    # do not merge back) until the failing part is one node, which goes to ONNX Runtime.
+    label: dict[int, str] = {}
+    splits = 0
     while True:
-        regions = partition(work.graph, lambda n: FALLBACK if id(n) in refused else be.name, fallback=FALLBACK,
+        regions = partition(work.graph, lambda n: FALLBACK if id(n) in refused else label.get(id(n), be.name),
+                            fallback=FALLBACK,
                             min_size=options.min_region, reasons=refused, compute_of=compute_of, bytes_of=bytes_of,
                             min_compute_ratio=options.min_compute_ratio)
         _clear(staging)
@@ -192,7 +197,14 @@ def partitioned_stages(be: Any, work: Model, staging: Path, *, target: str | Non
             break
         if failed is not None:
             r, e = failed
-            why = f"with its neighbours it failed to compile as a region ({_first(e)})"
+            if len(r) > 1:
+                half = len(r) // 2
+                for k, part in enumerate((r.nodes[:half], r.nodes[half:])):
+                    for n in part:
+                        label[id(n)] = f"{be.name}#{splits}.{k}"
+                splits += 1
+                continue
+            why = f"it compiles alone but not as a region with its neighbours ({_first(e)})"
         else:
             r, t_tvm, t_ort = slower
             why = f"ONNX Runtime ran its region faster ({t_ort:.3g} ms against TVM's {t_tvm:.3g} ms)"

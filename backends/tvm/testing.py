@@ -227,6 +227,19 @@ def squeeze_excite_block(channels: int = 384, squeezed: int = 96, size: int = 6,
     )
 
 
+def unsupported_op_chain() -> onnx.ModelProto:
+    """x[2,3,3] -> Relu -> Sigmoid -> Det -> Neg -> Abs: TVM's ONNX importer has no Det, so the
+    TVM backends run it on ONNX Runtime between two TVM stages (tests of the fallback)."""
+    from onnx import TensorProto, helper
+
+    nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Sigmoid", ["a"], ["b"]),
+             helper.make_node("Det", ["b"], ["c"]), helper.make_node("Neg", ["c"], ["d"]),
+             helper.make_node("Abs", ["d"], ["y"])]
+    g = helper.make_graph(nodes, "det", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 3])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
 def ort_run(model: onnx.ModelProto, inputs: dict[str, np.ndarray], threads: int = 2) -> dict[str, np.ndarray]:
     """Run ``model`` in ONNX Runtime (CPU, its graph optimizations on, as users run it) and return
     ``{output name: array}``."""

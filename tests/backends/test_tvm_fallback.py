@@ -23,13 +23,9 @@ pytest.importorskip("tvm")
 
 
 def _det_model(path: Path) -> Path:
-    """x -> Relu -> Sigmoid -> Det -> Neg -> Abs: TVM's importer has no Det."""
-    nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Sigmoid", ["a"], ["b"]),
-             helper.make_node("Det", ["b"], ["c"]), helper.make_node("Neg", ["c"], ["d"]),
-             helper.make_node("Abs", ["d"], ["y"])]
-    g = helper.make_graph(nodes, "det", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 3])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    from lepton_backends.tvm.testing import unsupported_op_chain
+
+    onnx.save(unsupported_op_chain(), path)
     return path
 
 

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
 
 import lepton
 from lepton.remote import RemoteRunner
@@ -21,12 +20,9 @@ pytestmark = pytest.mark.arm
 
 
 def _det_model(path: Path) -> Path:
-    nodes = [helper.make_node("Relu", ["x"], ["a"]), helper.make_node("Sigmoid", ["a"], ["b"]),
-             helper.make_node("Det", ["b"], ["c"]), helper.make_node("Neg", ["c"], ["d"]),
-             helper.make_node("Abs", ["d"], ["y"])]
-    g = helper.make_graph(nodes, "det", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3, 3])],
-                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])])
-    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    from lepton_backends.tvm.testing import unsupported_op_chain
+
+    onnx.save(unsupported_op_chain(), path)
     return path
 
 
