@@ -26,7 +26,7 @@ from typing import Literal
 
 import numpy as np
 
-from lepton_ir import DType, Model, Node, TensorType, Value, infer_types
+from lepton_ir import DType, Model, Node, TensorType, Value
 from lepton_ir.opsem import weight_info
 
 from ..base import Pass, PassError, register_pass
@@ -125,15 +125,15 @@ class Quant8(Pass):
         return qdq_tolerance(model, self.tolerance_k)
 
     def run(self, model: Model) -> bool:
-        from ..util import unfuse
+        from ..util import infer_types_changed, unfuse
 
         unfused = unfuse(model)  # after `fuse`: quantize standard ops (see util.unfuse)
         g = model.graph
-        infer_types(model)
+        refined = infer_types_changed(model)  # refined types are a change too (the PassManager checks)
         folded = _fold_batchnorms(model) if self.fold_batchnorm else 0
         entries, qnodes = self._plan(model)
         if not qnodes:
-            return folded > 0 or unfused
+            return folded > 0 or unfused or refined
         self._ensure_opset(model)
         # -- calibration ----------------------------------------------------------------------
         calib = self.calib or "random:8"
@@ -162,7 +162,7 @@ class Quant8(Pass):
         else:
             self._assign_qparams(entries, stats, signed)  # the last plan's parameters, whatever their SQNR
         if not qnodes:
-            return folded > 0 or unfused
+            return folded > 0 or unfused or refined
         # -- rewrite --------------------------------------------------------------------------
         for e in {id(e): e for e in entries.values()}.values():
             self._insert_qdq(model, e, qnodes)
