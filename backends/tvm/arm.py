@@ -27,9 +27,10 @@ class TvmArmBackend(TvmCpuBackend):
     """TVM shared library cross-compiled for aarch64 (default --target cortex-a72); run with lepton-run --rpc."""
 
     name = "tvm-arm"
+    default_target = DEFAULT_TARGET
 
     def build(self, model, staging: Path, *, target: str | None, options: Any) -> dict[str, Any]:
-        spec = target or DEFAULT_TARGET
+        spec = target or self.default_target
         d = target_dict_for("tvm-arm", spec)
         triple = str(d.get("mtriple") or "")
         if d.get("kind") != "llvm" or not triple.startswith("aarch64"):

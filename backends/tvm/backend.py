@@ -132,12 +132,15 @@ class TvmCpuBackend(Backend):
     def lowering_pipeline(self, target: str | None, options: TvmOptions) -> str:
         return lowering_text(options.input_shapes)
 
+    #: The target when --target is not given.
+    default_target = "native"
+
     def resolve(self, target: str | None):
-        """The TVM target for `target` (preset, JSON or TVM string; default native)."""
+        """The TVM target for `target` (preset, JSON or TVM string; default `default_target`)."""
         from .targets import resolve_target
 
         try:
-            return resolve_target(target or "native")
+            return resolve_target(target or self.default_target)
         except ValueError as e:
             raise BackendError(f"{self.name}: {e}") from None
 

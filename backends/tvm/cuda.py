@@ -113,9 +113,10 @@ class TvmCudaBackend(TvmCpuBackend):
     """TVM for NVIDIA GPUs (--target sm_75..sm_90, default sm_80): fatbin device code compiled with nvcc."""
 
     name = "tvm-cuda"
+    default_target = DEFAULT_TARGET
 
     def build(self, model, staging: Path, *, target: str | None, options: Any) -> dict[str, Any]:
-        spec = target or DEFAULT_TARGET
+        spec = target or self.default_target
         d = target_dict_for("tvm-cuda", spec)
         if d.get("kind") != "cuda" or not str(d.get("arch", "")).startswith("sm_"):
             raise BackendError(f"tvm-cuda: target {spec!r} is not a CUDA target with an arch; use one of "

@@ -126,6 +126,9 @@ def partitioned_stages(be: Any, work: Model, staging: Path, *, target: str | Non
             if o.name is None:
                 o.name = work.graph.fresh_name("v")
     tgt = be.resolve(target)
+    from .artifact import _target_json, device_for_target
+
+    tvm_device = device_for_target(_target_json(tgt))
     oracle = TvmCapability(tgt)
     fastest = options.placement == "fastest"
     if fastest and not oracle.host_runs:
@@ -189,8 +192,9 @@ def partitioned_stages(be: Any, work: Model, staging: Path, *, target: str | Non
                 continue
             why = r.reason or "too small to be worth a border (min-region)"
             entry = onnx_be.stage_entry(onnx_be.build(model, folder, target=None, options=onnx_opts), None, onnx_opts)
-            # ONNX Runtime regions of an artifact for another machine run there too (lepton-run --rpc).
-            entry["device"] = "host" if oracle.host_runs else "remote"
+            # ONNX Runtime regions of an artifact for another machine run there too (lepton-run --rpc);
+            # beside a GPU they run on this host's CPU.
+            entry["device"] = "remote" if tvm_device == "remote" else "host"
             entry.update(name=name, dir=name, nodes=len(r), fallback_reason=why)
             out.append((onnx_be, entry))
         if failed is None and slower is None:
