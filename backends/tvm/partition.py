@@ -157,46 +157,46 @@ def partitioned_stages(be: Any, work: Model, staging: Path, *, target: str | Non
     # its own) hands its nodes to the fallback and the partition is redone, so fallback regions
     # merge with their neighbours instead of fragmenting the model.
     # A TVM region that fails as a whole is bisected (its halves get labels of their own, so they
-    # do not merge back) until the failing part is one node, which goes to ONNX Runtime.
+    # do not merge back) until the failing part is one node, which goes to ONNX Runtime. Each
+    # distinct TVM region is compiled (and timed) once, into a scratch folder, whatever the number
+    # of rounds; the stages are assembled from those at the end.
     label: dict[int, str] = {}
     splits = 0
+    scratch = staging / ".regions"
+    scratch.mkdir()
+    built: dict[frozenset[int], tuple[dict[str, Any] | None, BaseException | None, Path]] = {}
+    timed: dict[frozenset[int], tuple[float, float]] = {}
     while True:
         regions = partition(work.graph, lambda n: FALLBACK if id(n) in refused else label.get(id(n), be.name),
                             fallback=FALLBACK,
                             min_size=options.min_region, reasons=refused, compute_of=compute_of, bytes_of=bytes_of,
                             min_compute_ratio=options.min_compute_ratio)
-        _clear(staging)
-        out: list[tuple[Backend, dict[str, Any]]] = []
         failed = None
         slower = None
-        for i, r in enumerate(regions):
-            name = f"stage{i}"
-            folder = staging / name
-            folder.mkdir()
-            model = lepton_ir.extract(work, [v.name for v in r.inputs], [v.name for v in r.outputs])
-            if r.label != FALLBACK:
+        for r in regions:
+            if r.label == FALLBACK:
+                continue
+            key = frozenset(id(n) for n in r.nodes)
+            if key not in built:
+                folder = scratch / f"r{len(built)}"
+                folder.mkdir()
+                model = lepton_ir.extract(work, [v.name for v in r.inputs], [v.name for v in r.outputs])
                 try:
                     entry = be.stage_entry(be.build(model, folder, target=target, options=stage_opts), target,
                                            stage_opts, lowering)
+                    built[key] = (entry, None, folder)
                 except BackendError as e:
-                    failed = (r, e)
-                    break
-                entry = {**entry, "name": name, "dir": name, "nodes": len(r)}
-                if fastest and all(sp["name"] in values for sp in entry["inputs"]):
-                    t_tvm, t_ort = time_both(folder, entry, model, values)
-                    entry["measured_ms"] = {"tvm": round(t_tvm, 4), "onnxruntime": round(t_ort, 4)}
-                    if t_ort < t_tvm:
-                        slower = (r, t_tvm, t_ort)
-                        break
-                out.append((be, entry))
-                continue
-            why = r.reason or "too small to be worth a border (min-region)"
-            entry = onnx_be.stage_entry(onnx_be.build(model, folder, target=None, options=onnx_opts), None, onnx_opts)
-            # ONNX Runtime regions of an artifact for another machine run there too (lepton-run --rpc);
-            # beside a GPU they run on this host's CPU.
-            entry["device"] = "remote" if tvm_device == "remote" else "host"
-            entry.update(name=name, dir=name, nodes=len(r), fallback_reason=why)
-            out.append((onnx_be, entry))
+                    built[key] = (None, e, folder)
+                if fastest and built[key][0] is not None and \
+                        all(sp["name"] in values for sp in built[key][0]["inputs"]):
+                    timed[key] = time_both(folder, built[key][0], model, values)
+            entry, err, _ = built[key]
+            if err is not None:
+                failed = (r, err)
+                break
+            if key in timed and timed[key][1] < timed[key][0]:
+                slower = (r, *timed[key])
+                break
         if failed is None and slower is None:
             break
         if failed is not None:
@@ -214,6 +214,29 @@ def partitioned_stages(be: Any, work: Model, staging: Path, *, target: str | Non
             why = f"ONNX Runtime ran its region faster ({t_ort:.3g} ms against TVM's {t_tvm:.3g} ms)"
         for n in r.nodes:
             refused[id(n)] = f"{n.op_type}: {why}"
+    out: list[tuple[Backend, dict[str, Any]]] = []
+    for i, r in enumerate(regions):
+        name = f"stage{i}"
+        folder = staging / name
+        if r.label != FALLBACK:
+            key = frozenset(id(n) for n in r.nodes)
+            entry, _, src = built[key]
+            src.rename(folder)
+            entry = {**entry, "name": name, "dir": name, "nodes": len(r)}
+            if key in timed:
+                entry["measured_ms"] = {"tvm": round(timed[key][0], 4), "onnxruntime": round(timed[key][1], 4)}
+            out.append((be, entry))
+            continue
+        folder.mkdir()
+        model = lepton_ir.extract(work, [v.name for v in r.inputs], [v.name for v in r.outputs])
+        entry = onnx_be.stage_entry(onnx_be.build(model, folder, target=None, options=onnx_opts), None, onnx_opts)
+        # ONNX Runtime regions of an artifact for another machine run there too (lepton-run --rpc);
+        # beside a GPU they run on this host's CPU.
+        entry["device"] = "remote" if tvm_device == "remote" else "host"
+        entry.update(name=name, dir=name, nodes=len(r),
+                     fallback_reason=r.reason or "too small to be worth a border (min-region)")
+        out.append((onnx_be, entry))
+    shutil.rmtree(scratch, ignore_errors=True)
     for r in regions:
         if r.label == FALLBACK:
             why = refusal_summary(r.reason.split("; "), limit=2) if r.reason else "too small for TVM (min-region)"
