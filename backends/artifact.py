@@ -272,6 +272,49 @@ def _safe_relative(name: str) -> bool:
     return bool(name) and not p.is_absolute() and ".." not in p.parts and "\\" not in name
 
 
+_DEVICES = ("host", "cuda", "remote")
+
+
+def _check_tensor_specs(root: Path, where: str, specs: Any) -> None:
+    """`specs` must be a list of {name: str, dtype: str, shape: list of int >= 0 | str | null}."""
+    if not isinstance(specs, list):
+        raise ModelLoadError(f"{root}: manifest {where} is not a list")
+    for i, spec in enumerate(specs):
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not isinstance(spec.get("dtype"), str):
+            raise ModelLoadError(f"{root}: manifest {where}[{i}] is not a tensor (name, dtype, shape)")
+        shape = spec.get("shape")
+        if shape is not None and (not isinstance(shape, list) or not all(
+                d is None or isinstance(d, str) or (isinstance(d, int) and not isinstance(d, bool) and d >= 0)
+                for d in shape)):
+            raise ModelLoadError(f"{root}: manifest {where}[{i}] ({spec['name']!r}) has a malformed shape {shape!r}")
+
+
+def _check_schema(root: Path, manifest: dict[str, Any]) -> None:
+    """The manifest fields loaders read have the types they expect (a sealed manifest can still be
+    hand-written or made by another tool: a wrong type must be a one-line error, not a KeyError
+    in a backend's loader)."""
+    _check_tensor_specs(root, "inputs", manifest.get("inputs"))
+    _check_tensor_specs(root, "outputs", manifest.get("outputs"))
+    if not isinstance(manifest.get("pipeline", ""), str):
+        raise ModelLoadError(f"{root}: manifest pipeline is not a string")
+    for i, st in enumerate(manifest["stages"]):
+        if not isinstance(st, dict):
+            raise ModelLoadError(f"{root}: manifest stage {i} is not an object")
+        for key in ("backend", "entry"):
+            if not isinstance(st.get(key), str):
+                raise ModelLoadError(f"{root}: manifest stage {i} has no {key} name")
+        for key in ("name", "dir"):
+            if key in st and not isinstance(st[key], str):
+                raise ModelLoadError(f"{root}: manifest stage {i}: {key} is not a string")
+        if st.get("device", "host") not in _DEVICES:
+            raise ModelLoadError(f"{root}: manifest stage {i}: device {st.get('device')!r} is not one of "
+                                 f"{', '.join(_DEVICES)}")
+        if st.get("options") is not None and not isinstance(st["options"], dict):
+            raise ModelLoadError(f"{root}: manifest stage {i}: options are not an object")
+        _check_tensor_specs(root, f"stage {i} inputs", st.get("inputs"))
+        _check_tensor_specs(root, f"stage {i} outputs", st.get("outputs"))
+
+
 def read_manifest(folder: str | os.PathLike, *, verify: bool = True) -> dict[str, Any]:
     """The verified manifest of an artifact folder (ModelLoadError naming the problem otherwise).
 
@@ -302,6 +345,7 @@ def read_manifest(folder: str | os.PathLike, *, verify: bool = True) -> dict[str
     files = manifest.get("files")
     if not isinstance(stages, list) or not stages or not isinstance(files, dict):
         raise ModelLoadError(f"{root}: manifest has no stages or no file list")
+    _check_schema(root, manifest)
     for name in files:
         if not isinstance(name, str) or not _safe_relative(name):
             raise ModelLoadError(f"{root}: manifest lists a file outside the artifact: {name!r}")

@@ -69,7 +69,13 @@ class ProtoTensor(Tensor):
                 arr.flags.writeable = False
                 self._array = arr
                 return arr
-            arr = onnx.numpy_helper.to_array(self.proto)
+            try:
+                arr = onnx.numpy_helper.to_array(self.proto)
+            except (TypeError, ValueError, RuntimeError, NotImplementedError, OverflowError) as e:
+                # Decoding is lazy, so malformed data the import checks missed surfaces here; it
+                # is still the file's fault, hence a ModelLoadError rather than numpy's traceback.
+                raise ModelLoadError(f"tensor {self.proto.name!r}: cannot decode its data "
+                                     f"({(str(e).splitlines() or [type(e).__name__])[0]})") from None
             arr.flags.writeable = False
             self._array = arr
         return self._array
@@ -164,6 +170,8 @@ def _load(src: str | os.PathLike | bytes | onnx.ModelProto, *, infer_shapes: boo
         raise TypeError(f"load() takes a path, bytes or onnx.ModelProto, not {type(src).__name__}")
     if not proto.HasField("graph"):
         raise ModelLoadError("not an ONNX model: no graph (is this really an .onnx file?)")
+    _check_text_fields(proto)
+    _check_axis_attributes(proto)
     typed = _infer(proto) if infer_shapes else proto
     model = _Importer(base_dir, buf, mapped).model(proto, typed)
     model.base_dir = base_dir
@@ -200,6 +208,91 @@ def _parse(buf: Any, what: str) -> tuple[onnx.ModelProto, dict[str, wire.RawSlic
     except (DecodeError, RuntimeError, ValueError) as e:
         raise ModelLoadError(f"{what}: malformed protobuf, not an ONNX model ({e})") from None
     return proto, mapped
+
+
+_FIELD_PLAN: dict[Any, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {}
+
+
+def _plan(desc: Any) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """(singular strings, repeated strings, singular messages, repeated messages) of a message
+    type, cached. Bytes fields (weights, string tensors) are left out: they may hold anything."""
+    plan = _FIELD_PLAN.get(desc)
+    if plan is None:
+        from google.protobuf.descriptor import FieldDescriptor as F
+
+        def rep(f: Any) -> bool:
+            return getattr(f, "is_repeated", None) if hasattr(f, "is_repeated") else f.label == F.LABEL_REPEATED
+
+        s1 = tuple(f.name for f in desc.fields if f.type == F.TYPE_STRING and not rep(f))
+        sn = tuple(f.name for f in desc.fields if f.type == F.TYPE_STRING and rep(f))
+        m1 = tuple(f.name for f in desc.fields if f.type == F.TYPE_MESSAGE and not rep(f))
+        mn = tuple(f.name for f in desc.fields if f.type == F.TYPE_MESSAGE and rep(f))
+        plan = _FIELD_PLAN[desc] = (s1, sn, m1, mn)
+    return plan
+
+
+def _check_text_fields(proto: onnx.ModelProto) -> None:
+    """Every protobuf `string` field must be UTF-8: for invalid bytes protobuf (upb) hands back
+    `bytes` instead of `str`, which would travel into names and crash far from the cause."""
+    stack: list[Any] = [proto]
+    while stack:
+        msg = stack.pop()
+        s1, sn, m1, mn = _plan(msg.DESCRIPTOR)
+        for name in s1:
+            if type(getattr(msg, name)) is bytes:
+                raise ModelLoadError(f"malformed model: {msg.DESCRIPTOR.name}.{name} is not valid UTF-8 text")
+        for name in sn:
+            for v in getattr(msg, name):
+                if type(v) is bytes:
+                    raise ModelLoadError(f"malformed model: {msg.DESCRIPTOR.name}.{name} is not valid UTF-8 text")
+        for name in m1:
+            if msg.HasField(name):
+                stack.append(getattr(msg, name))
+        for name in mn:
+            stack.extend(getattr(msg, name))
+
+
+#: No tensor has 2**31 dims; onnx's shape inference reads some axis attributes as 32-bit and
+#: crashes the process (SIGSEGV, onnx 1.23: LayerNormalization with axis=2**31 and a Mean output)
+#: on larger ones, so such models are refused before inference sees them.
+_AXIS_LIMIT = 2**31
+
+
+def _check_axis_attributes(proto: onnx.ModelProto) -> None:
+    """Refuse `axis`/`axes` attributes no tensor rank can make sense of (see `_AXIS_LIMIT`)."""
+    def nodes(gp: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
+        for n in gp.node:
+            yield n
+            for a in n.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    yield from nodes(a.g)
+                elif a.type == onnx.AttributeProto.GRAPHS:
+                    for g in a.graphs:
+                        yield from nodes(g)
+
+    def all_nodes() -> Iterator[onnx.NodeProto]:
+        yield from nodes(proto.graph)
+        for f in proto.functions:
+            for n in f.node:
+                yield n
+                for a in n.attribute:
+                    if a.type == onnx.AttributeProto.GRAPH:
+                        yield from nodes(a.g)
+
+    for n in all_nodes():
+        if n.op_type == "Split" and n.domain in ("", "ai.onnx"):
+            # onnx 1.23's Split inference indexes its outputs by num_outputs (abort on a mismatch).
+            for a in n.attribute:
+                if a.name == "num_outputs" and a.i != len(n.output):
+                    raise ModelLoadError(f"node {n.name or n.op_type!r} (Split): num_outputs={a.i} but it has "
+                                         f"{len(n.output)} outputs")
+        for a in n.attribute:
+            # Both fields whatever the declared type: onnx's inference reads `i` even when the
+            # attribute's type says otherwise (a fuzzed model with type UNDEFINED crashed it too).
+            if a.name in ("axis", "axes") and (not -_AXIS_LIMIT < a.i < _AXIS_LIMIT
+                                               or any(not -_AXIS_LIMIT < v < _AXIS_LIMIT for v in a.ints)):
+                raise ModelLoadError(f"node {n.name or n.op_type!r} ({n.op_type}): attribute {a.name} is out of range "
+                                     f"for any tensor rank ({a.i if not a.ints else list(a.ints)})")
 
 
 def _infer(proto: onnx.ModelProto) -> onnx.ModelProto:
@@ -447,6 +540,11 @@ class _Importer:
             dtype = DType(tp.data_type)
         except ValueError:
             raise ModelLoadError(f"{where}: tensor {tp.name!r} has unknown element type {tp.data_type}") from None
+        if dtype == DType.UNDEFINED:
+            raise ModelLoadError(f"{where}: tensor {tp.name!r} has no element type (UNDEFINED)")
+        if tp.HasField("segment"):
+            raise ModelLoadError(f"{where}: tensor {tp.name!r} is segmented (TensorProto.segment), which "
+                                 "neither ONNX Runtime nor Lepton reads")
         dims = tuple(tp.dims)
         if any(d < 0 for d in dims):
             raise ModelLoadError(f"{where}: tensor {tp.name!r} has a negative dimension {list(dims)}")
@@ -561,12 +659,21 @@ def _with_raw(tp: onnx.TensorProto, raw: bytes) -> onnx.TensorProto:
 
 def _stored_elements(tp: onnx.TensorProto, dtype: DType) -> int | None:
     """How many elements the proto actually holds (None when it cannot be told cheaply)."""
+    if dtype == DType.STRING:
+        return len(tp.string_data)  # strings never live in raw_data (onnx ignores it for them)
     if tp.HasField("raw_data") or tp.raw_data:
         bits = dtype.itemsize_bits
         if not bits:
             return None
-        n = len(tp.raw_data) * 8 // bits
-        return n if bits >= 8 else None  # packed sub-byte types round up; checked by onnx later
+        if bits < 8:
+            # Packed sub-byte types: the bytes hold ceil(numel * bits / 8); report the element
+            # count that byte length stands for when it is exact for the shape, else the raw count
+            # (which then disagrees with the shape and is refused).
+            numel = 1
+            for d in tp.dims:
+                numel *= d
+            return numel if len(tp.raw_data) == (numel * bits + 7) // 8 else len(tp.raw_data) * 8 // bits
+        return len(tp.raw_data) * 8 // bits
     fld = onnx.helper.tensor_dtype_to_field(dtype.value) if dtype != DType.UNDEFINED else None
     if fld is None:
         return None

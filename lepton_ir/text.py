@@ -813,8 +813,11 @@ class _Parser:
         t = self.tok
         if t.kind != "num" or not re.fullmatch(r"-?\d+", t.text):
             self.error(f"expected an integer {what}, found {self.describe(t)}")
+        x = int(t.text)
+        if not -(2**63) <= x < 2**63:  # every integer read here (dims, ...) is an int64 in ONNX
+            self.error(f"{what} {t.text} does not fit in int64")
         self.i += 1
-        return int(t.text)
+        return x
 
     # -- literals ---------------------------------------------------------------------------------
     def literal(self) -> Any:
@@ -878,12 +881,16 @@ class _Parser:
         v = props.pop(key)
         if not isinstance(v, kind) or (kind is int and isinstance(v, bool)):
             self.error(f"property {key!r} has the wrong kind of value ({type(v).__name__})", tok)
+        if kind is int and not -(2**63) <= v < 2**63:  # protobuf int64 fields refuse the rest on export
+            self.error(f"property {key!r} value {v} does not fit in int64", tok)
         if isinstance(v, dict) and kind is dict:
             for k, x in v.items():
                 if key in ("metadata", "graph.metadata") and not isinstance(x, str):
                     self.error(f"metadata value of {k!r} must be a string", tok)
                 if key in ("opset",) and (not isinstance(x, int) or isinstance(x, bool)):
                     self.error(f"opset version of {k!r} must be an integer", tok)
+                if key in ("opset",) and not -(2**63) <= x < 2**63:
+                    self.error(f"opset version of {k!r} does not fit in int64", tok)
         return v
 
     # -- types ------------------------------------------------------------------------------------

@@ -323,6 +323,25 @@ def apply_rule(rule: Rule, m: Match, model: Model | None) -> None:
     g.remove(reversed(m.nodes), safe=True)
 
 
+#: Callbacks told the rules of every `apply_rules` call. `check_pass` listens to learn which op
+#: types a pass's rules match, so that it can steer model generation toward them.
+RULE_OBSERVERS: list[Callable[[Sequence["Rule | TableRule"]], None]] = []
+
+
+def pattern_op_types(rule: "Rule | TableRule") -> set[str]:
+    """The (default-domain) op types a rule's pattern matches: every node of the pattern tree."""
+    if not isinstance(rule, Rule):
+        return {rule.root_op[1]} if not rule.root_op[0] else set()
+    out: set[str] = set()
+    stack: list[PNode] = [rule._compiled()[0]]
+    while stack:
+        pn = stack.pop()
+        if pn.domain in ("", "ai.onnx"):
+            out.add(pn.op_type)
+        stack.extend(v.node for v in pn.inputs if isinstance(v, POut))
+    return out
+
+
 def apply_rules(model: Model, rules: Sequence["Rule | TableRule"], *, max_sweeps: int = 50,
                 debug: bool | None = None, graphs: Iterable[Graph] | None = None) -> RewriteStats:
     """Apply rules until none fires (or `max_sweeps`). Walks subgraphs too.
@@ -334,6 +353,8 @@ def apply_rules(model: Model, rules: Sequence["Rule | TableRule"], *, max_sweeps
 
     if debug is None:
         debug = debug_rewrites_enabled()
+    for observe in RULE_OBSERVERS:
+        observe(rules)
     stats = RewriteStats()
     by_root: dict[tuple[str, str], list[Rule | TableRule]] = {}
     for r in rules:

@@ -19,6 +19,8 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
+from lepton_ir import ModelLoadError
+
 from lepton_backends.artifact import MANIFEST, MANIFEST_SHA, jsonable as _jsonable, sha256_file  # noqa: F401
 
 LIBRARY = "model.so"
@@ -26,8 +28,9 @@ LIBRARY = "model.so"
 TVM_BACKENDS = ("tvm-cpu", "tvm-arm", "tvm-cuda")
 
 
-class ArtifactError(RuntimeError):
-    """A missing, malformed or tampered artifact."""
+class ArtifactError(ModelLoadError, RuntimeError):
+    """A missing, malformed or tampered artifact. A ModelLoadError (so a LeptonError: one line
+    from the CLIs, never a traceback); still a RuntimeError for callers that caught it as one."""
 
 
 class InputError(ValueError):
@@ -108,10 +111,20 @@ def fill_artifact_dir(
     """Write ``model.so`` into ``directory`` and return the stage's manifest entry (the manifest
     itself is written by ``lepton_backends.artifact.write_manifest``, atomically with the rest)."""
     lib_path = directory / LIBRARY
-    if export_cc is not None:
-        executable.export_library(str(lib_path), fcompile=export_cc)
-    else:
-        executable.export_library(str(lib_path))
+    try:
+        if export_cc is not None:
+            executable.export_library(str(lib_path), fcompile=export_cc)
+        else:
+            executable.export_library(str(lib_path))
+    except RuntimeError as e:
+        # TVM reports a failed link (a full disk, a read-only folder, a missing compiler) as a
+        # RuntimeError holding the compiler's whole output: one line of it is what the user needs.
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        why = next((ln for ln in lines if "No space left" in ln or "Read-only" in ln or "Permission denied" in ln),
+                   next((ln for ln in lines if "error" in ln.lower()), lines[-1] if lines else "RuntimeError"))
+        from lepton_backends.errors import BackendError
+
+        raise BackendError(f"could not write {LIBRARY}: {why[:300]}") from e
     model_info: dict[str, Any]
     if isinstance(model, str):
         model_info = {"name": model}
@@ -291,8 +304,14 @@ def load_stage(root: Path, stage: Mapping[str, Any]) -> Runner:
     why = _host_can_run(stage["target"])
     if why:
         raise ArtifactError(f"artifact {root}: cannot run here: {why}")
-    lib = tvm.runtime.load_module(str(root / stage.get("entry", LIBRARY)))
-    return Runner(root, dict(stage), VirtualMachine(lib, tvm.cpu()))
+    entry = root / stage.get("entry", LIBRARY)
+    try:
+        lib = tvm.runtime.load_module(str(entry))
+        vm = VirtualMachine(lib, tvm.cpu())
+    except Exception as e:  # verified bytes TVM still refuses (a stage naming a file that is no library)
+        raise ArtifactError(f"artifact {root}: TVM cannot load {entry.name}: "
+                            f"{(str(e).strip().splitlines() or [type(e).__name__])[-1][:200]}") from None
+    return Runner(root, dict(stage), vm)
 
 
 def load_artifact(path: str | os.PathLike) -> Runner:

@@ -337,10 +337,50 @@ def open_database(database_dir: str | os.PathLike) -> Any:
         return _open_unlocked(database_dir)
 
 
+DATABASE_FILES = ("database_workload.json", "database_tuning_record.json")
+
+
+def _cut_torn_tail(path: Path) -> bool:
+    """Cut a last line that a writer killed mid-append left without its newline.
+
+    MetaSchedule appends one JSON line per workload and record; a torn last line makes its loader
+    fail the whole database ("Unexpected end of string"), losing every good record before it.
+    Records only ever refer to complete workload lines (a record is written after its workload),
+    so dropping the torn line loses only what was never committed. Safe under the shared lock
+    too: a torn tail with no exclusive holder means its writer is gone, and every repairer cuts
+    at the same place.
+    """
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        return False
+    if size == 0:
+        return False
+    with open(path, "rb+") as f:
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return False
+        pos = size
+        while pos > 0:  # scan back for the last newline, 64 KiB at a time (files grow to MBs)
+            start = max(0, pos - (1 << 16))
+            f.seek(start)
+            i = f.read(pos - start).rfind(b"\n")
+            if i >= 0:
+                pos = start + i + 1
+                break
+            pos = start
+        f.truncate(pos)
+        f.flush()
+        os.fsync(f.fileno())
+    return True
+
+
 def _open_unlocked(database_dir: str | os.PathLike) -> Any:
     from tvm.s_tir import meta_schedule as ms
 
     Path(database_dir).mkdir(parents=True, exist_ok=True)
+    for name in DATABASE_FILES:
+        _cut_torn_tail(Path(database_dir) / name)
     return ms.database.JSONDatabase(work_dir=str(database_dir), module_equality="structural")
 
 

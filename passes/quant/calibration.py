@@ -84,6 +84,76 @@ def _fit_sample(arr: np.ndarray, rank: int | None) -> np.ndarray:
     return arr
 
 
+def _read_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every array of a `.npz` (by key) or `.npy` (key "") file, read eagerly and checked.
+
+    Calibration files are user data: anything numpy or zipfile cannot read (truncated or corrupt
+    archives, pickled objects, unsupported compression, bad headers) is a one-line PassError, and a
+    header declaring more data than the file holds is refused before numpy allocates for it.
+    """
+    import zipfile
+
+    from numpy.lib import format as npformat
+
+    def header_ok(fp: object, size: int, name: str) -> None:
+        version = npformat.read_magic(fp)
+        shape, _, dtype = (npformat.read_array_header_1_0(fp) if version == (1, 0)
+                           else npformat.read_array_header_2_0(fp))
+        need = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        if need > size:
+            raise PassError(f"calibration file {path}: {name or 'the array'} declares shape {list(shape)} of "
+                            f"{dtype} ({need} bytes) but the file holds {size} bytes")
+
+    try:
+        if path.suffix == ".npy" or not zipfile.is_zipfile(path):
+            with open(path, "rb") as f:
+                header_ok(f, path.stat().st_size, "")
+            arrays = {"": np.load(path, allow_pickle=False)}
+        else:
+            with zipfile.ZipFile(path) as zf:
+                for info in zf.infolist():
+                    if info.filename.endswith(".npy"):
+                        with zf.open(info) as f:
+                            header_ok(f, info.file_size, info.filename[:-4])
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {k: data[k] for k in data.keys()}
+    except PassError:
+        raise
+    except Exception as e:  # noqa: BLE001 - numpy/zipfile raise a dozen types for malformed files
+        msg = (str(e).splitlines() or [""])[0][:200] or type(e).__name__
+        raise PassError(f"calibration file {path}: not a readable .npz/.npy file ({type(e).__name__}: {msg})") from None
+    for k, a in arrays.items():
+        if not isinstance(a, np.ndarray) or a.dtype.kind not in "biuf":
+            raise PassError(f"calibration file {path}: array {k or '(the .npy)'} is not numeric "
+                            f"(dtype {getattr(a, 'dtype', type(a).__name__)})")
+    return arrays
+
+
+def _check_feed(feed: Mapping[str, np.ndarray], inputs: Sequence[Value], where: str) -> dict[str, np.ndarray]:
+    """`feed` matches the model's inputs (dtype, rank, fixed dims): ONNX Runtime would otherwise
+    fail mid-calibration with its own multi-line message."""
+    for v in inputs:
+        a = feed.get(v.name)
+        if a is None:
+            raise PassError(f"{where}: no array for model input {v.name!r}")
+        t = v.type
+        want = getattr(t, "dtype", None)
+        if want is not None:
+            try:
+                want_np = np.dtype(want.numpy())
+            except Exception:  # a type numpy cannot name: leave the check to the runtime
+                want_np = None
+            if want_np is not None and a.dtype != want_np:
+                raise PassError(f"{where}: array for input {v.name!r} is {a.dtype}, the model wants {want_np}")
+        shape = getattr(t, "shape", None)
+        if shape is not None and shape.rank is not None:
+            dims = list(shape)
+            if a.ndim != len(dims) or any(isinstance(d, int) and d != n for d, n in zip(dims, a.shape)):
+                raise PassError(f"{where}: array for input {v.name!r} has shape {list(a.shape)}, the model wants "
+                                f"{[d if isinstance(d, int) else '?' for d in dims]}")
+    return dict(feed)
+
+
 def random_samples(model: Model, n: int) -> Iterator[dict[str, np.ndarray]]:
     """`calib=random:N`: N synthetic samples from the input types (a smoke-test fallback only).
 
@@ -111,13 +181,20 @@ def load_samples(model: Model, calib: str, batch: int = 1, limit: int = 0
     names = [v.name for v in inputs]
     ranks = {v.name: (v.shape.rank if v.shape is not None else None) for v in inputs}
     if calib.startswith("random:") or calib == "random":
-        n = int(calib.split(":", 1)[1]) if ":" in calib else 8
+        text = calib.split(":", 1)[1] if ":" in calib else "8"
+        if not text.isascii() or not text.isdigit() or int(text) < 1:
+            raise PassError(f"calibration data {calib!r}: random:N needs a positive integer N")
+        n = int(text)
         if limit:
             n = min(n, limit)
         return random_samples(model, n), n
     path = Path(calib)
-    if path.is_file():
-        data = np.load(path)
+    try:  # Path.is_file raises on some bad paths (too long, ...) instead of answering False
+        is_file, is_dir = path.is_file(), path.is_dir()
+    except (OSError, ValueError) as e:
+        raise PassError(f"calibration data {calib[:200]!r}: {getattr(e, 'strerror', None) or e}") from None
+    if is_file:
+        data = _read_arrays(path)
         keys = list(data.keys())
         arrays: dict[str, np.ndarray] = {}
         for nm in names:
@@ -127,7 +204,11 @@ def load_samples(model: Model, calib: str, batch: int = 1, limit: int = 0
                 arrays[nm] = data[keys[0]]
             else:
                 raise PassError(f"calibration file {calib}: no array for model input {nm!r} (has {keys})")
-        n = min(a.shape[0] for a in arrays.values())
+        for nm, a in arrays.items():
+            if a.ndim == 0:
+                raise PassError(f"calibration file {calib}: array for {nm!r} is a scalar; its first axis must "
+                                "count the samples")
+        n = min((a.shape[0] for a in arrays.values()), default=0)
         if limit:
             n = min(n, limit)
         batch = max(1, batch)
@@ -141,10 +222,10 @@ def load_samples(model: Model, calib: str, batch: int = 1, limit: int = 0
                     if ranks[k] is not None and chunk.ndim == ranks[k] + 1:
                         chunk = chunk.reshape((-1,) + chunk.shape[2:])
                     feed[k] = chunk
-                yield feed
+                yield _check_feed(feed, inputs, f"calibration file {calib} (samples {i}..{min(i + batch, n) - 1})")
 
         return gen(), math.ceil(n / batch)
-    if path.is_dir():
+    if is_dir:
         files = sorted(p for p in path.iterdir() if p.suffix in (".npz", ".npy"))
         if limit:
             files = files[:limit]
@@ -156,14 +237,18 @@ def load_samples(model: Model, calib: str, batch: int = 1, limit: int = 0
                 if p.suffix == ".npy":
                     if len(names) != 1:
                         raise PassError(f"{p}: .npy samples need a single-input model (inputs: {names})")
-                    yield {names[0]: _fit_sample(np.load(p), ranks[names[0]])}
+                    feed = {names[0]: _fit_sample(_read_arrays(p)[""], ranks[names[0]])}
                 else:
-                    d = np.load(p)
+                    d = _read_arrays(p)
                     keys = list(d.keys())
                     if len(names) == 1 and names[0] not in keys and len(keys) == 1:
-                        yield {names[0]: _fit_sample(d[keys[0]], ranks[names[0]])}
+                        feed = {names[0]: _fit_sample(d[keys[0]], ranks[names[0]])}
                     else:
-                        yield {k: _fit_sample(d[k], ranks[k]) for k in names}
+                        missing = [k for k in names if k not in d]
+                        if missing:
+                            raise PassError(f"{p}: no array for model input {missing[0]!r} (has {keys})")
+                        feed = {k: _fit_sample(d[k], ranks[k]) for k in names}
+                yield _check_feed(feed, inputs, str(p))
 
         return gen_dir(), len(files)
     raise PassError(f"calibration data {calib!r}: not a file, a folder or random:N")

@@ -1,0 +1,500 @@
+"""Fault injection on everything Lepton writes (issue #19).
+
+    python bench/fault_injection.py                       # every writer, default kill points
+    python bench/fault_injection.py --writer artifact-onnx --points 40
+    python bench/fault_injection.py --writer disk --json bench/results/faults.json
+
+Writers and what is checked:
+
+* `artifact-onnx`, `artifact-tvm`: `lepton-opt lepton/data/digits_cnn.onnx -o OUT` with the onnx /
+  tvm-cpu backend, alternating two pipelines so the old and the new artifact differ; SIGKILL (to
+  the whole process group) after a random delay. Then OUT must be the previous artifact or the
+  complete new one: `read_manifest` verifies every hash and `lepton.load` opens and runs it.
+  Finally an uninterrupted rerun must succeed and leave no staging folder behind.
+* `calibration`: the same with `quant8{calib=FOLDER}` (64 .npy samples), killed while it calibrates.
+* `tuning-db`: a writer process takes the tuning database's exclusive lock and commits records with
+  MetaSchedule's own JSONDatabase (what `tune()` does after each measured batch), printing each
+  commit; it is killed at a random point. The database must load (`open_database`), hold every
+  record the writer acknowledged, and take a rerun's records.
+* `tuning-concurrent`: two writers at once into one database: no record lost.
+* `disk`: a 200 KiB tmpfs filled up, and a read-only mount: one-line error, non-zero exit, the old
+  artifact intact, no staging folder left. Needs root (mount); skipped otherwise.
+
+Prints per writer: kill points tried, how many landed inside the write (a staging folder or a torn
+line was left), corrupt outputs (goal 0), lost records (goal 0), failed reruns (goal 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+REPO = Path(__file__).resolve().parent.parent
+DIGITS = REPO / "lepton" / "data" / "digits_cnn.onnx"
+ENV = {**os.environ, "LEPTON_NO_PROGRESS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def lepton_opt(*args: str) -> list[str]:
+    """The lepton-opt command line (through this interpreter, so the test's install is used)."""
+    return [sys.executable, "-c", "import sys; from lepton.cli import opt_main; sys.exit(opt_main())", *args]
+
+
+# ------------------------------------------------------------------------------------------------
+# Checking an output folder
+# ------------------------------------------------------------------------------------------------
+def artifact_identity(out: Path) -> str | None:
+    """The artifact's pipeline (what tells the two alternating writes apart), after verifying it
+    fully: every hash (`read_manifest`), opened by its backend and run once (`lepton.load`).
+    None when there is no folder; raises when the folder is not a complete, loadable artifact."""
+    if not out.exists():
+        return None
+    import numpy as np
+
+    import lepton
+    from lepton_backends import read_manifest
+
+    manifest = read_manifest(out)
+    runner = lepton.load(out)
+    runner.run({"image": np.zeros((1, 1, 8, 8), np.float32)})
+    return str(manifest.get("pipeline"))
+
+
+def staging_left(out: Path) -> list[Path]:
+    """Staging folders of `out` (`.OUT.tmp-PID-*`) present now."""
+    return sorted(out.parent.glob(f".{out.name}.tmp-*"))
+
+
+def _kill_group(p: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+
+
+def _run(cmd: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, env=ENV, timeout=timeout, cwd=REPO)
+
+
+# ------------------------------------------------------------------------------------------------
+# Artifact writers (onnx, tvm-cpu, calibration)
+# ------------------------------------------------------------------------------------------------
+def calibration_folder(root: Path, n: int = 64) -> Path:
+    """`n` digits-shaped .npy samples (one per file): enough that calibrating takes a while."""
+    import numpy as np
+
+    d = root / "calib"
+    d.mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        np.save(d / f"s{i:03d}.npy", rng.random((1, 8, 8), dtype=np.float32))
+    return d
+
+
+def artifact_commands(writer: str, out: Path, root: Path) -> list[list[str]]:
+    """The two alternating commands of a writer (each writes `out`, with different pipelines)."""
+    if writer == "artifact-onnx":
+        return [lepton_opt(str(DIGITS), "--passes", p, "--backend", "onnx", "-o", str(out))
+                for p in ("canonicalize", "canonicalize,fuse")]
+    if writer == "artifact-tvm":
+        return [lepton_opt(str(DIGITS), "--passes", p, "--backend", "tvm-cpu", "-o", str(out))
+                for p in ("canonicalize", "canonicalize,fuse")]
+    if writer == "calibration":
+        calib = calibration_folder(root)
+        return [lepton_opt(str(DIGITS), "--passes", f"quant8{{calib={calib},calibration={m}}}", "--backend", "onnx",
+                           "-o", str(out)) for m in ("minmax", "entropy")]
+    raise ValueError(writer)
+
+
+#: System calls that can be kill points: everything the artifact writer does to the file system.
+SYSCALLS = "mkdir,openat,write,fsync,chmod,fchmodat,rename,renameat,renameat2,unlink,unlinkat,rmdir"
+
+
+def write_syscalls(cmd: list[str], out: Path) -> list[tuple[str, int]]:
+    """The writer's file-system calls from the moment it creates its staging folder to its exit,
+    as (syscall, ordinal among that process's calls of that name): kill points for strace.
+
+    Found with one traced dry run. `strace -e inject=NAME:signal=KILL:when=N` then kills the
+    process exactly at its N-th NAME call (counted per thread; only the main thread writes
+    artifacts), so every point lands inside the write instead of mostly in start-up.
+    """
+    import re
+
+    with tempfile.NamedTemporaryFile("r", suffix=".strace") as log:
+        subprocess.run(["strace", "-f", "--seccomp-bpf", "-qq", "-e", f"trace={SYSCALLS}", "-o", log.name, "--", *cmd],
+                       capture_output=True, env=ENV, cwd=REPO, timeout=900, check=True)
+        lines = log.read().splitlines()
+    pat = re.compile(r"^(\d+)\s+([a-z0-9_]+)\(")
+    parsed = [(m.group(1), m.group(2), ln) for ln in lines if (m := pat.match(ln))]
+    if not parsed:
+        return []
+    main = parsed[0][0]
+    counts: dict[str, int] = {}
+    points, started = [], False
+    for pid, name, ln in parsed:
+        if pid != main:
+            continue
+        counts[name] = counts.get(name, 0) + 1
+        if not started and name == "mkdir" and f"/.{out.name}.tmp-" in ln:
+            started = True
+        if started:
+            points.append((name, counts[name]))
+    return points
+
+
+def fault_artifact(writer: str, points: int, seed: int = 0, log=print) -> dict[str, Any]:
+    """Kill a writer `points` times; check the output after each kill.
+
+    With strace, 3 in 4 kill points are system calls inside the write (see `write_syscalls`),
+    the rest random moments of the whole run (start-up, passes, compiling); without strace all are
+    random moments."""
+    rng = random.Random(seed)
+    res = {"writer": writer, "kill_points": 0, "in_write": 0, "corrupt": 0, "failed_reruns": 0,
+           "stale_staging_after_rerun": 0, "states": {"old": 0, "new": 0, "absent": 0}, "problems": []}
+    with tempfile.TemporaryDirectory(prefix=f"lepton-faults-{writer}-") as tmp:
+        root = Path(tmp)
+        out = root / "out"
+        cmds = artifact_commands(writer, out, root)
+        t0 = time.monotonic()
+        r = _run(cmds[0])
+        duration = time.monotonic() - t0
+        if r.returncode != 0:
+            raise RuntimeError(f"{writer}: the uninterrupted write failed: {r.stderr.strip()}")
+        current = artifact_identity(out)
+        # Kill points inside the write, per command (the two differ: fuse changes what is written).
+        sys_points = [write_syscalls(c, out) if shutil.which("strace") else [] for c in cmds]
+        res["syscall_points_per_write"] = [len(x) for x in sys_points]
+        res["by_syscall"] = {}
+        for i in range(points):
+            k = (i + 1) % 2
+            cmd = cmds[k]
+            expected_new = cmd[cmd.index("--passes") + 1]
+            finished = False
+            if sys_points[k] and i % 4 != 0:
+                name, nth = rng.choice(sys_points[k])
+                res["by_syscall"][name] = res["by_syscall"].get(name, 0) + 1
+                p = subprocess.Popen(["strace", "-f", "-qq", "-o", "/dev/null", "-e", f"trace={name}",
+                                      "-e", f"inject={name}:signal=KILL:when={nth}", "--", *cmd],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, cwd=REPO,
+                                     start_new_session=True)
+                p.wait(timeout=900)
+                killed = bool(staging_left(out)) or p.returncode != 0
+                res["in_write"] += killed
+                finished = not killed
+            else:
+                # A random moment of the whole run (start-up, passes, compile, write).
+                delay = duration * rng.uniform(0.0, 1.1)
+                p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, cwd=REPO,
+                                     start_new_session=True)
+                try:
+                    p.wait(timeout=delay)
+                    finished = True
+                except subprocess.TimeoutExpired:
+                    res["in_write"] += bool(staging_left(out))  # staging folder there at the kill
+                    _kill_group(p)
+            res["kill_points"] += 1
+            try:
+                state = artifact_identity(out)
+            except Exception as e:  # noqa: BLE001 - any failure to verify or load is a corrupt output
+                res["corrupt"] += 1
+                res["problems"].append(f"kill {i} after {delay:.2f}s: output corrupt: {type(e).__name__}: {e}")
+                state = "corrupt"
+            if state == current:
+                res["states"]["old"] += 1
+            elif state == expected_new:
+                res["states"]["new"] += 1
+            elif state is None:
+                res["states"]["absent"] += 1
+                res["corrupt"] += 1  # an artifact was there before: losing it is a failure too
+                res["problems"].append(f"kill {i}: the previous artifact is gone")
+            elif state != "corrupt":
+                res["corrupt"] += 1
+                res["problems"].append(f"kill {i}: output is neither the old nor the new artifact ({state!r})")
+            if finished and p.returncode != 0:
+                res["problems"].append(f"kill {i}: the run exited {p.returncode} before the kill")
+            if finished:
+                res["finished_before_kill"] = res.get("finished_before_kill", 0) + 1
+            current = state if state not in (None, "corrupt") else current
+        # A rerun after the last kill succeeds and removes what the killed writers left.
+        r = _run(cmds[0])
+        if r.returncode != 0 or artifact_identity(out) != cmds[0][cmds[0].index("--passes") + 1]:
+            res["failed_reruns"] += 1
+            res["problems"].append(f"rerun failed: {r.stderr.strip()[-300:]}")
+        res["stale_staging_after_rerun"] = len(staging_left(out))
+        res["run_seconds"] = round(duration, 2)
+    log(_summary(res))
+    return res
+
+
+# ------------------------------------------------------------------------------------------------
+# Tuning database
+# ------------------------------------------------------------------------------------------------
+#: A writer committing records the way tune() does: under the exclusive lock, MetaSchedule's
+#: JSONDatabase, one workload then records; each record's run_secs = [tag + i] identifies it.
+#: Prints "ok i" after each commit returns (an acknowledged record must survive any kill).
+_DB_WRITER = r"""
+import sys
+from pathlib import Path
+import tvm
+from tvm import te
+import tvm.s_tir as s_tir
+from tvm.s_tir import meta_schedule as ms
+from lepton_backends.tvm.tune import database_lock, _open_unlocked
+db_dir, tag, n = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+A = te.placeholder((64,), name="A")
+B = te.compute((64,), lambda i: A[i] * 2.0 + 1.0, name="B")
+mod = tvm.IRModule({"main": te.create_prim_func([A, B])})
+trace = s_tir.Schedule(mod).trace
+target = tvm.target.Target("llvm")
+args = ms.arg_info.ArgInfo.from_prim_func(mod["main"])
+print("start", flush=True)
+with database_lock(db_dir, exclusive=True):
+    db = _open_unlocked(db_dir)
+    wl = db.commit_workload(mod)
+    for i in range(n):
+        db.commit_tuning_record(ms.database.TuningRecord(trace, wl, [tag + i], target, args))
+        print("ok", i, flush=True)
+"""
+
+
+def db_records(db_dir: Path) -> list[float]:
+    """run_secs[0] of every record in the database, loaded the way compiles load it."""
+    from lepton_backends.tvm.tune import open_database
+
+    db = open_database(db_dir)
+    return [float(r.run_secs[0]) for r in db.get_all_tuning_records()]
+
+
+def _db_writer(db_dir: Path, tag: float, n: int) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", _DB_WRITER, str(db_dir), str(tag), str(n)], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, env=ENV, start_new_session=True)
+
+
+def fault_tuning_db(points: int, seed: int = 0, per_writer: int = 30, log=print) -> dict[str, Any]:
+    """Kill a database writer at random points; every acknowledged record must load afterwards."""
+    rng = random.Random(seed)
+    res = {"writer": "tuning-db", "kill_points": 0, "in_write": 0, "corrupt": 0, "lost_records": 0,
+           "failed_reruns": 0, "problems": []}
+    with tempfile.TemporaryDirectory(prefix="lepton-faults-db-") as tmp:
+        db_dir = Path(tmp) / "db"
+        db_dir.mkdir()
+        t0 = time.monotonic()
+        p = _db_writer(db_dir, 0.0, per_writer)
+        out, _ = p.communicate(timeout=600)
+        duration = time.monotonic() - t0
+        start_at = duration * 0.5  # rough start-up share (TVM import): kills land after it mostly
+        acked: set[float] = {float(i) for i in range(per_writer)}
+        for k in range(points):
+            tag = 1000.0 * (k + 1)
+            p = _db_writer(db_dir, tag, per_writer)
+            delay = rng.uniform(start_at * 0.8, duration * 1.05)
+            time.sleep(delay)
+            _kill_group(p)
+            lines = (p.stdout.read() if p.stdout else "").split()
+            got = [int(lines[j + 1]) for j in range(len(lines) - 1) if lines[j] == "ok"]
+            acked |= {tag + i for i in got}
+            res["kill_points"] += 1
+            res["in_write"] += 0 < len(got) < per_writer
+            try:
+                have = set(db_records(db_dir))
+            except Exception as e:  # noqa: BLE001 - a database that does not load is corrupt
+                res["corrupt"] += 1
+                res["problems"].append(f"kill {k}: database does not load: {type(e).__name__}: {str(e)[-200:]}")
+                continue
+            lost = acked - have
+            res["lost_records"] += len(lost)
+            if lost:
+                res["problems"].append(f"kill {k}: {len(lost)} acknowledged records missing")
+        # Rerun: a full writer succeeds and all its records are there.
+        p = _db_writer(db_dir, 1e7, per_writer)
+        p.communicate(timeout=600)
+        try:
+            have = set(db_records(db_dir))
+            if p.returncode != 0 or not {1e7 + i for i in range(per_writer)} <= have:
+                res["failed_reruns"] += 1
+        except Exception as e:  # noqa: BLE001
+            res["failed_reruns"] += 1
+            res["problems"].append(f"rerun: database does not load: {e}")
+        res["run_seconds"] = round(duration, 2)
+    log(_summary(res))
+    return res
+
+
+def concurrent_tuning(writers: int = 2, per_writer: int = 30, log=print) -> dict[str, Any]:
+    """`writers` processes commit into one database at once: every record must be there after."""
+    res = {"writer": "tuning-concurrent", "writers": writers, "records": writers * per_writer, "lost_records": 0,
+           "corrupt": 0, "problems": []}
+    with tempfile.TemporaryDirectory(prefix="lepton-faults-dbc-") as tmp:
+        db_dir = Path(tmp) / "db"
+        db_dir.mkdir()
+        procs = [_db_writer(db_dir, 1000.0 * w, per_writer) for w in range(writers)]
+        for p in procs:
+            p.communicate(timeout=600)
+            if p.returncode != 0:
+                res["problems"].append(f"a writer exited {p.returncode}")
+        try:
+            have = set(db_records(db_dir))
+        except Exception as e:  # noqa: BLE001
+            res["corrupt"] = 1
+            res["problems"].append(f"database does not load: {e}")
+            have = set()
+        want = {1000.0 * w + i for w in range(writers) for i in range(per_writer)}
+        res["lost_records"] = len(want - have)
+    log(f"tuning-concurrent: {writers} writers x {per_writer} records at once: {res['lost_records']} lost, "
+        f"{res['corrupt']} corrupt")
+    return res
+
+
+# ------------------------------------------------------------------------------------------------
+# Disk full, read-only
+# ------------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def tmpfs(size: str, root: Path) -> Iterator[Path]:
+    """A fresh tmpfs of `size` mounted at root/mnt (root only), unmounted after."""
+    mnt = root / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)], check=True, capture_output=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def can_mount() -> bool:
+    """Root and a working `mount -t tmpfs` (containers may refuse it)."""
+    if os.geteuid() != 0 or not shutil.which("mount"):
+        return False
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            with tmpfs("64k", Path(tmp)):
+                return True
+        except (subprocess.CalledProcessError, OSError):
+            return False
+
+
+def _fill(mnt: Path, leave: int) -> None:
+    """Fill the file system at `mnt` until about `leave` bytes are free."""
+    st = os.statvfs(mnt)
+    free = st.f_bavail * st.f_frsize
+    with open(mnt / "filler", "wb") as f:
+        with contextlib.suppress(OSError):
+            f.write(b"\0" * max(0, free - leave))
+
+
+def _one_line_error(r: subprocess.CompletedProcess) -> bool:
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip() and not ln.startswith("lepton-opt: warning:")]
+    return r.returncode != 0 and len(lines) == 1 and lines[0].startswith("lepton-opt: error:") \
+        and "Traceback" not in r.stderr
+
+
+def fault_disk(log=print) -> dict[str, Any]:
+    """Disk full (new output, replacing an artifact) and read-only mounts."""
+    res: dict[str, Any] = {"writer": "disk", "cases": [], "corrupt": 0, "problems": []}
+    if not can_mount():
+        res["skipped"] = "needs root and mount -t tmpfs"
+        log("disk: skipped (needs root and mount -t tmpfs)")
+        return res
+
+    def case(name: str, r: subprocess.CompletedProcess, out: Path, want: str | None) -> None:
+        ok_err = _one_line_error(r)
+        try:
+            state = artifact_identity(out)
+        except Exception as e:  # noqa: BLE001
+            state = f"corrupt ({e})"
+        left = staging_left(out)
+        good = ok_err and state == want and not left
+        res["cases"].append({"case": name, "exit": r.returncode, "stderr": r.stderr.strip(), "output": state,
+                             "staging_left": len(left), "ok": good})
+        if not good:
+            res["corrupt"] += state != want or bool(left)
+            res["problems"].append(f"{name}: exit {r.returncode}, stderr {r.stderr.strip()[-300:]!r}, output {state!r}, "
+                                   f"{len(left)} staging folders left")
+        log(f"disk: {name}: exit {r.returncode}, {'one-line error' if ok_err else 'NOT a one-line error'}: "
+            f"{r.stderr.strip().splitlines()[-1] if r.stderr.strip() else ''}; output {'intact' if state == want else state}"
+            f"{'' if not left else f', {len(left)} staging folders left'}")
+
+    with tempfile.TemporaryDirectory(prefix="lepton-faults-disk-") as tmp:
+        root = Path(tmp)
+        # 1. full disk, no previous output
+        with tmpfs("200k", root) as mnt:
+            _fill(mnt, 8 << 10)
+            out = mnt / "out"
+            case("disk full, new artifact", _run(lepton_opt(str(DIGITS), "--passes", "canonicalize", "--backend", "onnx",
+                                                             "-o", str(out))), out, None)
+        shutil.rmtree(root / "mnt", ignore_errors=True)
+        # 2. full disk while replacing an artifact: the old one stays
+        with tmpfs("200k", root) as mnt:
+            out = mnt / "out"
+            r = _run(lepton_opt(str(DIGITS), "--passes", "canonicalize", "--backend", "onnx", "-o", str(out)))
+            if r.returncode != 0:
+                res["problems"].append(f"could not write the first artifact: {r.stderr}")
+            _fill(mnt, 8 << 10)
+            case("disk full, replacing an artifact", _run(lepton_opt(str(DIGITS), "--passes", "canonicalize,fuse",
+                                                                     "--backend", "tvm-cpu", "-o", str(out))),
+                 out, "canonicalize")
+        shutil.rmtree(root / "mnt", ignore_errors=True)
+        # 3. read-only mount holding an artifact
+        with tmpfs("1m", root) as mnt:
+            out = mnt / "out"
+            _run(lepton_opt(str(DIGITS), "--passes", "canonicalize", "--backend", "onnx", "-o", str(out)))
+            subprocess.run(["mount", "-o", "remount,ro", str(mnt)], check=True, capture_output=True)
+            case("read-only folder, replacing an artifact", _run(lepton_opt(str(DIGITS), "--passes", "canonicalize,fuse",
+                                                                            "--backend", "onnx", "-o", str(out))),
+                 out, "canonicalize")
+            case("read-only folder, new artifact", _run(lepton_opt(str(DIGITS), "--passes", "canonicalize",
+                                                                   "--backend", "onnx", "-o", str(mnt / "new"))),
+                 mnt / "new", None)
+    return res
+
+
+def _summary(res: dict[str, Any]) -> str:
+    extra = "".join(f", {k.replace('_', ' ')} {res[k]}" for k in ("lost_records", "failed_reruns",
+                                                                    "stale_staging_after_rerun") if k in res)
+    states = f" (after the kill: {res['states']})" if "states" in res else ""
+    return (f"{res['writer']}: {res['kill_points']} kill points, {res['in_write']} inside the write, "
+            f"{res['corrupt']} corrupt outputs{extra}{states}")
+
+
+WRITERS = ("artifact-onnx", "artifact-tvm", "calibration", "tuning-db", "tuning-concurrent", "disk")
+DEFAULT_POINTS = {"artifact-onnx": 40, "artifact-tvm": 15, "calibration": 25, "tuning-db": 25}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--writer", action="append", choices=WRITERS, help="writer to test (repeatable; default: all)")
+    ap.add_argument("--points", type=int, help="kill points per writer (default per writer)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", type=Path, help="write the figures here")
+    args = ap.parse_args(argv)
+    results = []
+    for w in args.writer or WRITERS:
+        n = args.points or DEFAULT_POINTS.get(w, 0)
+        if w.startswith("artifact") or w == "calibration":
+            results.append(fault_artifact(w, n, args.seed))
+        elif w == "tuning-db":
+            results.append(fault_tuning_db(n, args.seed))
+        elif w == "tuning-concurrent":
+            results.append(concurrent_tuning())
+        else:
+            results.append(fault_disk())
+    for r in results:
+        for p in r.get("problems", []):
+            print(f"  {r['writer']}: {p}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=2))
+    bad = sum(r.get("corrupt", 0) + r.get("lost_records", 0) + r.get("failed_reruns", 0) for r in results)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
