@@ -30,7 +30,7 @@ from lepton_ir import Model, Node
 #: The tolerance a region must meet against ONNX Runtime (the real-model sweeps' tolerance).
 RTOL, ATOL = 1e-3, 1e-4
 #: Part of every cache key: bump when a change here changes verdicts, so old ones are not reused.
-ORACLE_VERSION = 2
+ORACLE_VERSION = 3
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,9 +49,16 @@ def _label(node: Node) -> str:
     return f"{node.op_type} {node.name!r}" if node.name else node.op_type
 
 
+_TELLING = ("Check failed", "Error", "error:", "not supported", "requires", "cannot", "Unsupported", "expect")
+
+
 def _first_line(e: BaseException) -> str:
+    """The line of a TVM error that says what went wrong: TVM's messages often end with the Relax
+    expression being converted, which names no reason; prefer a line that does."""
     lines = [ln.strip() for ln in str(e).strip().splitlines() if ln.strip()]
-    return (lines[-1] if lines else type(e).__name__)[:240]
+    telling = [ln for ln in lines if any(t in ln for t in _TELLING) and not ln.startswith(("File ", "Traceback"))]
+    pick = telling[-1] if telling else (lines[-1] if lines else type(e).__name__)
+    return pick[:240]
 
 
 def record_values(model: Model, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray] | None:
