@@ -30,6 +30,18 @@ from .artifact import MANIFEST, atomic_dir, check_output_path, jsonable, sha256_
 #: --check, timing, the reproducer) see the backend's passes too.
 PipelineRunner = Callable[[str, Model], Any]
 
+#: Called (no arguments) inside the staging context right before an artifact is published, after
+#: every file is written and every stage opened: raising there discards the staging folder, so
+#: nothing is published. The CLI registers one that raises KeyboardInterrupt when Ctrl-C was
+#: pressed during the compile, even where a runtime swallowed it (lepton/cli.py `_Interrupts`).
+PUBLISH_HOOKS: list[Callable[[], None]] = []
+
+
+def before_publish() -> None:
+    """Run every `PUBLISH_HOOKS` entry (see there)."""
+    for hook in list(PUBLISH_HOOKS):
+        hook()
+
 
 class StageRunner(Protocol):
     """What `Backend.load` returns: runs one stage."""
@@ -82,6 +94,16 @@ class Backend:
         return describe_fields(cls.Options)
 
     # -- what subclasses implement -------------------------------------------------------------
+    def check_target(self, target: str | None) -> None:
+        """Refuse a `--target` this backend cannot compile for, before any pass runs (raise
+        BackendOptionError: a usage error). Default: accept anything (checked at build time)."""
+
+    def quant_target(self, target: str | None) -> str | None:
+        """The instruction set `quant8` should quantize for (its `target` option: x86, x86-vnni,
+        arm) when compiling for `target`; None: leave quant8's default. The driver applies it to
+        quant8 passes whose text gives no `target=`."""
+        return None
+
     def lowering_pipeline(self, target: str | None, options: Any) -> str:
         """Lepton passes run (on a copy of the model) before `build`; "" for none."""
         return ""
@@ -138,19 +160,20 @@ class Backend:
 
     def compile(self, model: Model, out_dir: str | os.PathLike, *, target: str | None = None,
                 options: Any = None, pipeline_text: str = "", source_sha256: str | None = None,
-                run_pipeline: PipelineRunner | None = None) -> Path:
+                run_pipeline: PipelineRunner | None = None, extra: Mapping[str, Any] | None = None) -> Path:
         """Write a single-stage artifact for `model` to `out_dir` atomically and return its path.
 
         `pipeline_text` (the passes that ran before) and `source_sha256` (of the source model's
-        bytes) are recorded in the manifest.
+        bytes) are recorded in the manifest, and `extra` (JSON-able) as its `extra` field.
         """
         self.parse_options(options)  # option errors before any staging folder exists
         check_output_path(out_dir)
         with atomic_dir(out_dir) as staging:
             built = self.build_stages(model, staging, target=target, options=options, run_pipeline=run_pipeline)
             manifest = write_manifest(staging, [entry for _, entry in built], pipeline=pipeline_text,
-                                      source_sha256=source_sha256)
+                                      source_sha256=source_sha256, extra=extra)
             check_loads(staging, manifest, [be for be, _ in built])
+            before_publish()
         return Path(out_dir)
 
     def build_stages(self, model: Model, staging: Path, *, target: str | None = None, options: Any = None,
@@ -178,7 +201,7 @@ class StageSpec:
 
 def compile_stages(stages: Sequence[StageSpec], out_dir: str | os.PathLike, *, pipeline_text: str = "",
                    source_sha256: str | None = None, outputs: Sequence[str] | None = None,
-                   run_pipeline: PipelineRunner | None = None) -> Path:
+                   run_pipeline: PipelineRunner | None = None, extra: Mapping[str, Any] | None = None) -> Path:
     """Compile every stage with its backend into one artifact folder (atomically).
 
     Each stage's files go to a subfolder named after the stage (`stage0`, ... by default).
@@ -203,8 +226,9 @@ def compile_stages(stages: Sequence[StageSpec], out_dir: str | os.PathLike, *, p
             entry.update(name=name, dir=name)
             entries.append(entry)
         manifest = write_manifest(staging, entries, pipeline=pipeline_text, source_sha256=source_sha256,
-                                  outputs=outputs)
+                                  outputs=outputs, extra=extra)
         check_loads(staging, manifest, backends)
+        before_publish()
     return Path(out_dir)
 
 

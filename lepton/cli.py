@@ -11,6 +11,7 @@ outputs are written atomically, so nothing partial is left behind.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -21,6 +22,21 @@ import traceback
 import warnings
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
+
+
+def _interrupted_while_starting(signum: int, frame: Any) -> None:
+    """Ctrl-C while the console script is still importing: nothing is written yet, so exit at once
+    (130) instead of dying with a traceback; `_guard` installs the real handler (_Interrupts)."""
+    os.write(2, f"{os.path.basename(sys.argv[0])}: interrupted\n".encode())
+    os._exit(130)
+
+
+if os.path.basename(sys.argv[0]) in ("lepton-opt", "lepton-run"):  # the console scripts, not `import lepton.cli`
+    import signal as _signal
+    import threading as _threading
+
+    if _threading.current_thread() is _threading.main_thread():
+        _signal.signal(_signal.SIGINT, _interrupted_while_starting)
 
 import numpy as np
 
@@ -45,19 +61,105 @@ def _one_line(e: BaseException) -> str:
     return " ".join(msg.split())
 
 
+def _version(prog: str) -> str:
+    try:
+        from importlib.metadata import version
+
+        return f"{prog} {version('lepton')}"
+    except Exception:  # a bare checkout on sys.path, not installed
+        return f"{prog} (version unknown)"
+
+
+def _debugging() -> bool:
+    """--debug (or LEPTON_TRACEBACK=1): tracebacks behind one-line errors, TVM's own output shown."""
+    return bool(os.environ.get("LEPTON_TRACEBACK"))
+
+
+def _tool_dir() -> str | None:
+    """The folder of the installed `tvm` package (its warnings are TVM's, not ours), without importing it."""
+    try:
+        import importlib.util
+
+        spec = importlib.util.find_spec("tvm")
+        locs = list(spec.submodule_search_locations or []) if spec else []
+        return str(Path(locs[0]).resolve()) + os.sep if locs else None
+    except Exception:
+        return None
+
+
+class _Interrupts:
+    """Ctrl-C: exit 130 (`<prog>: interrupted`), no output half-written and none published.
+
+    Runtimes may swallow the KeyboardInterrupt a Ctrl-C raises inside their callbacks (TVM turns it
+    into a RuntimeError, which the backend could take for "TVM cannot compile this" and fall back
+    on), so the handler also records it: the publish hook (`lepton_backends.base.PUBLISH_HOOKS`,
+    run right before an artifact or .onnx file is published) then refuses to publish, and `_guard`
+    reports whatever error came out as the interruption it is. Once the output is published there
+    is nothing left to stop: a later Ctrl-C is ignored (the command finishes, exit 0).
+    """
+
+    def __init__(self) -> None:
+        self.hit = False
+        self.committed = False
+        self._old: Any = None
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        if self.committed:
+            return
+        self.hit = True
+        raise KeyboardInterrupt
+
+    def before_publish(self) -> None:
+        if self.hit:
+            raise KeyboardInterrupt
+        self.committed = True
+
+    def __enter__(self) -> "_Interrupts":
+        import signal
+        import threading
+
+        from lepton_backends.base import PUBLISH_HOOKS
+
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handler)
+        PUBLISH_HOOKS.append(self.before_publish)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import signal
+
+        from lepton_backends.base import PUBLISH_HOOKS
+
+        if self.before_publish in PUBLISH_HOOKS:
+            PUBLISH_HOOKS.remove(self.before_publish)
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
 def _guard(prog: str, body: Callable[[], int]) -> int:
     """Run `body`, turning user errors into one stderr line and an exit code."""
     from lepton_backends import BackendError
     from lepton_backends.errors import BackendOptionError
     from lepton_passes import PipelineError
 
+    tool_dir = _tool_dir()
+
     def show_warning(message, category, filename, lineno, file=None, line=None):  # one line per warning
+        if tool_dir and str(filename).startswith(tool_dir) and not _debugging():
+            return  # TVM's own chatter ("Renaming name ..."): shown with --debug / LEPTON_TRACEBACK=1
         print(f"{prog}: warning: {' '.join(str(message).split())}", file=sys.stderr)
 
     old_show = warnings.showwarning
     warnings.showwarning = show_warning
+    interrupts = _Interrupts()
     try:
-        return body()
+        with interrupts:
+            try:
+                return body()
+            except BaseException:
+                if interrupts.hit:  # whatever a runtime made of the KeyboardInterrupt
+                    raise KeyboardInterrupt from None
+                raise
     except UsageError as e:
         print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_USAGE
@@ -89,6 +191,7 @@ def opt_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="lepton-opt", description="Optimize an ONNX model with a pass pipeline and compile it "
                 "with a backend. Pipeline syntax: docs/pipelines.md.")
     p.add_argument("model", nargs="?", help="input .onnx file (never modified)")
+    p.add_argument("--version", action="version", version=_version("lepton-opt"))
     p.add_argument("--passes", metavar="PIPELINE",
                    help="pass pipeline, e.g. 'fuse,fixpoint(canonicalize,cse)' "
                         "(default: the backend's default pipeline)")
@@ -96,7 +199,8 @@ def opt_parser() -> argparse.ArgumentParser:
                    "default 'onnx' when -o is a folder")
     p.add_argument("--target", metavar="T", help="backend target (e.g. a TVM target string)")
     p.add_argument("-o", "--output", metavar="OUT",
-                   help="artifact folder to write (atomically), or a .onnx file for just the optimized model")
+                   help="artifact folder to write (atomically), or a .onnx file: just the optimized model, "
+                        "Lepton's fused ops lowered for ONNX Runtime (no backend, or --backend onnx)")
     p.add_argument("--input-shape", metavar="NAME=DIMS", action="append", default=[],
                    help="fix an input's shape, e.g. image=1x3x224x224 (repeatable)")
     p.add_argument("--option", metavar="KEY=VALUE", action="append", default=[],
@@ -115,9 +219,15 @@ def opt_parser() -> argparse.ArgumentParser:
     p.add_argument("--list-backends", action="store_true", help="list backends and exit")
     p.add_argument("--debug-rewrites", action="store_true",
                    help="log rewrite decisions, applied rules and near misses (logger 'lepton_passes') to stderr")
+    p.add_argument("--quiet", action="store_true", help="no progress output (calibration, tuning); warnings, "
+                   "errors and the summary line stay")
+    p.add_argument("--debug", action="store_true", help="show what the tools print during a compile (TVM's own "
+                   "warnings and dumps, hidden otherwise) and the traceback behind a one-line error "
+                   "(as LEPTON_TRACEBACK=1)")
     p.add_argument("--tune", metavar="TRIALS", type=int,
-                   help="tvm-cpu: MetaSchedule-tune kernels not yet in the tuning database with this many trials "
-                        "(0: only reuse the database); progress on stderr; Ctrl-C stops tuning and still builds")
+                   help="tvm-cpu/tvm-arm: MetaSchedule-tune kernels not yet in the tuning database with this many "
+                        "trials (0: only reuse the database); progress on stderr; a first Ctrl-C while tuning stops "
+                        "tuning and still builds with the kernels found so far, a second one aborts (exit 130)")
     p.add_argument("--tuning-db", metavar="PATH",
                    help="tvm-cpu: tuning database folder (default ~/.cache/lepton/tuning/<target-hash>, shared by "
                         "all models)")
@@ -246,6 +356,10 @@ def _opt(args: argparse.Namespace) -> int:
         raise LeptonError(f"{args.model}: no such file")
     if args.debug_rewrites:
         _log_rewrites_to_stderr()
+    if args.debug:
+        os.environ["LEPTON_TRACEBACK"] = "1"
+    if args.quiet:
+        os.environ["LEPTON_NO_PROGRESS"] = "1"
 
     instruments: list[Any] = []
     if args.print_ir_after_all or args.print_ir_after_change:
@@ -255,15 +369,48 @@ def _opt(args: argparse.Namespace) -> int:
         instruments.append(timing)
     repro = args.reproducer_dir or tempfile.gettempdir()
     t0 = time.perf_counter()
-    result = optimize(args.model, pipeline, backend, args.output, target=args.target, input_shapes=shapes or None,
-                      check=args.check, instruments=instruments, verify_each=not args.no_verify_each,
-                      reproducer_dir=repro, debug_rewrites=args.debug_rewrites, **options)
+    with _hold_tool_output(not _debugging()):
+        result = optimize(args.model, pipeline, backend, args.output, target=args.target,
+                          input_shapes=shapes or None, check=args.check, instruments=instruments,
+                          verify_each=not args.no_verify_each, reproducer_dir=repro,
+                          debug_rewrites=args.debug_rewrites, **options)
     dt = time.perf_counter() - t0
+    print(summary_line(args.model, result, dt, checked=args.check))
+    return EXIT_OK
+
+
+def _size(n: int) -> str:
+    for unit, k in (("GB", 1 << 30), ("MB", 1 << 20), ("kB", 1 << 10)):
+        if n >= k:
+            return f"{n / k:.1f} {unit}"
+    return f"{n} B"
+
+
+def _bytes_of(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def summary_line(model: str, result: Any, seconds: float, *, checked: bool = False) -> str:
+    """`m.onnx: 8 -> 5 nodes, 16.4 kB -> 15.9 kB; 3 pass run(s), 2 changed; 1.93 s; wrote out`.
+
+    Sizes: the input file, and what was written (the .onnx file, or every file of the artifact
+    folder), or the optimized model serialized when nothing was written. The time is the whole
+    command's (passes and compile)."""
+    import lepton_ir
+
+    before = Path(model).stat().st_size
+    if result.artifact is not None:
+        after = _bytes_of(Path(result.artifact))
+    else:
+        after = lepton_ir.to_onnx(result.model).ByteSize()
     runs = len(result.report.records)
     changed = sum(r.changed for r in result.report.records)
-    line = (f"{args.model}: {result.nodes_before} -> {result.nodes_after} nodes; {runs} pass run(s), "
-            f"{changed} changed; {dt * 1e3:.0f} ms")
-    if args.check:
+    took = f"{seconds:.2f} s" if seconds >= 1 else f"{seconds * 1e3:.0f} ms"
+    line = (f"{model}: {result.nodes_before} -> {result.nodes_after} nodes, {_size(before)} -> {_size(after)}; "
+            f"{runs} pass run(s), {changed} changed; {took}")
+    if checked:
         line += "; differential check passed"
     if result.artifact is not None:
         line += f"; wrote {result.artifact}"
@@ -272,8 +419,73 @@ def _opt(args: argparse.Namespace) -> int:
         if len(stages) > 1:
             kinds = ", ".join(f"{s['backend']} ({s.get('nodes', '?')} nodes)" for s in stages)
             line += f" with {len(stages)} stages: {kinds}"
-    print(line)
-    return EXIT_OK
+    return line
+
+
+class _hold_tool_output:
+    """Hide what libraries print by themselves during a compile (TVM: "Error converting operator"
+    dumps on stdout, C++ log lines on stderr): file descriptors 1 and 2 go to a temporary file,
+    while Python's `sys.stderr` (Lepton's warnings, progress, the differential check, --print-ir)
+    keeps writing to the terminal and `sys.stdout` to a buffer. `--debug` (LEPTON_TRACEBACK=1)
+    turns it off. Only the real standard streams are touched (not a test harness's replacements)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self._saved: dict[int, int] = {}
+        self._streams: list[tuple[str, Any, Any]] = []
+        self._log: Any = None
+
+    def __enter__(self) -> "_hold_tool_output":
+        if not self.enabled:
+            return self
+        import io
+
+        try:
+            for fd in (1, 2):
+                self._saved[fd] = os.dup(fd)
+        except OSError:  # no such descriptor (a daemon): nothing to hide
+            for fd in self._saved.values():
+                os.close(fd)
+            self._saved = {}
+            return self
+        self._log = tempfile.TemporaryFile()
+        for name, fd in (("stdout", 1), ("stderr", 2)):
+            stream = getattr(sys, name)
+            try:
+                real = stream.fileno() == fd
+            except (AttributeError, OSError, ValueError):
+                real = False
+            if not real:
+                continue
+            stream.flush()
+            if name == "stderr":
+                new = os.fdopen(os.dup(self._saved[fd]), "w", buffering=1, encoding=stream.encoding,
+                                errors="backslashreplace")
+            else:
+                new = io.StringIO()
+            setattr(sys, name, new)
+            self._streams.append((name, stream, new))
+        for fd in (1, 2):
+            os.dup2(self._log.fileno(), fd)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if not self._saved:
+            return
+        for fd, saved in self._saved.items():
+            os.dup2(saved, fd)
+            os.close(saved)
+        self._saved = {}
+        for name, old, new in reversed(self._streams):
+            with contextlib.suppress(Exception):
+                new.flush()
+            setattr(sys, name, old)
+            if name == "stderr":
+                with contextlib.suppress(Exception):
+                    new.close()
+        self._streams = []
+        if self._log is not None:
+            self._log.close()
 
 
 def opt_main(argv: Sequence[str] | None = None) -> int:
@@ -292,6 +504,7 @@ def run_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="lepton-run", description="Run a compiled Lepton artifact, benchmark it, and compare it "
                 "with ONNX Runtime on the original model.")
     p.add_argument("artifact", help="artifact folder written by lepton-opt -o")
+    p.add_argument("--version", action="version", version=_version("lepton-run"))
     p.add_argument("--inputs", metavar="IN.npz", help="inputs by name (default: seeded random data from the manifest)")
     p.add_argument("--output", metavar="OUT.npz", help="write the outputs here")
     p.add_argument("--bench", metavar="N", type=int, default=0, help="time N runs (after warm-up) and print "
@@ -299,8 +512,12 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", metavar="W", type=int, default=3, help="untimed warm-up runs before --bench (default 3)")
     p.add_argument("--compare", metavar="MODEL.onnx", help="compare outputs (and latency with --bench) with "
                    "ONNX Runtime on this model")
-    p.add_argument("--rtol", type=float, default=1e-3, help="relative tolerance for --compare (default 1e-3)")
-    p.add_argument("--atol", type=float, default=1e-4, help="absolute tolerance for --compare (default 1e-4)")
+    p.add_argument("--rtol", type=float, default=None,
+                   help="relative tolerance for --compare (default: the pipeline's, recorded in the manifest "
+                        "when it is looser than 1e-3, e.g. quant8's; else 1e-3)")
+    p.add_argument("--atol", type=float, default=None,
+                   help="absolute tolerance for --compare (default: the pipeline's, recorded in the manifest "
+                        "when it is looser than 1e-4; else 1e-4)")
     p.add_argument("--seed", type=int, default=0, help="seed for generated inputs (default 0)")
     p.add_argument("--rpc", metavar="HOST:PORT", nargs="?", const="127.0.0.1:9090",
                    help="run on a remote device through its TVM RPC server (e.g. `lepton-device emulate`; "
@@ -406,6 +623,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.compare:
         if not Path(args.compare).is_file():
             raise LeptonError(f"{args.compare}: no such file")
+        rtol, atol, why = compare_tolerance(runner.manifest, args.rtol, args.atol)
         try:
             # Optimized: --bench compares latency with ONNX Runtime as users run it.
             sess = ort_session(args.compare, optimize=True)
@@ -415,27 +633,65 @@ def _run(args: argparse.Namespace) -> int:
             raise LeptonError(f"{args.compare}: ONNX Runtime cannot run it: {str(e).splitlines()[0] if str(e) else e}") \
                 from None
         got = list(outputs.values())
-        bad = compare_outputs(ref, got, args.rtol, args.atol)
+        bad = compare_outputs(ref, got, rtol, atol)
         diffs = []
         for k, (a, b) in enumerate(zip(ref, got)):
             if a.shape == b.shape and a.dtype.kind in "fiu" and a.size:
                 d = np.abs(a.astype(np.float64) - b.astype(np.float64))
                 diffs.append(f"{list(outputs)[k]}: max abs {d.max():.3g}")
-        print("compare with ONNX Runtime: " + ("; ".join(diffs) or "no numeric outputs"))
+        print("compare with ONNX Runtime: " + ("; ".join(diffs) or "no numeric outputs") +
+              f" (rtol {rtol:g}, atol {atol:g}{why})")
         if args.bench:
             rmed, rp90 = _bench(lambda: sess.run(None, feed), args.bench, args.warmup)
             if remote:  # different machines (and maybe an emulated one): a ratio would mean nothing
                 print(f"onnxruntime latency on this host: median {rmed:.3f} ms, p90 {rp90:.3f} ms "
                       "(not comparable with the device's)")
             else:
-                print(f"onnxruntime latency: median {rmed:.3f} ms, p90 {rp90:.3f} ms; "
-                      f"speedup {rmed / median:.2f}x" if median else "")
+                print(f"onnxruntime latency: median {rmed:.3f} ms, p90 {rp90:.3f} ms" +
+                      (f"; the artifact is {speed_ratio(median, rmed)} than ONNX Runtime" if median else ""))
         if bad is not None:
             name = list(outputs)[bad.index] if 0 <= bad.index < len(outputs) else "?"
             raise LeptonError(f"output {name!r} differs from ONNX Runtime on {args.compare}: {bad.reason} "
                               f"(max abs {bad.max_abs:.3g}, max rel {bad.max_rel:.3g}; "
-                              f"rtol {args.rtol:g}, atol {args.atol:g})")
+                              f"rtol {rtol:g}, atol {atol:g}{why})")
     return EXIT_OK
+
+
+DEFAULT_RTOL, DEFAULT_ATOL = 1e-3, 1e-4
+
+
+def compare_tolerance(manifest: dict[str, Any], rtol: float | None, atol: float | None) -> tuple[float, float, str]:
+    """(rtol, atol, note) for `lepton-run --compare`: the ones given; else the pipeline's tolerance the
+    manifest records (`extra.tolerance`, written by lepton-opt from each lossy pass's `tolerance()`)
+    where it is looser than the defaults 1e-3 / 1e-4; else the defaults."""
+    rec = (manifest.get("extra") or {}).get("tolerance") if isinstance(manifest.get("extra"), dict) else None
+    note = ""
+    r, a = DEFAULT_RTOL, DEFAULT_ATOL
+    if isinstance(rec, dict) and (rtol is None or atol is None):
+        try:
+            pr, pa = float(rec.get("rtol", 0)), float(rec.get("atol", 0))
+        except (TypeError, ValueError):
+            pr = pa = 0.0
+        if pr > r or pa > a:
+            r, a = max(r, pr), max(a, pa)
+            passes = ", ".join(str(x) for x in rec.get("passes", [])) or "the pipeline"
+            note = f": the tolerance of {passes}, recorded at compile time"
+    if rtol is not None:
+        r = rtol
+    if atol is not None:
+        a = atol
+    if rtol is not None and atol is not None:
+        note = ""
+    return r, a, note
+
+
+def speed_ratio(artifact_ms: float, ort_ms: float) -> str:
+    """`2.5x faster` / `1.3x slower` (the artifact against ONNX Runtime, by median latency)."""
+    if artifact_ms <= 0 or ort_ms <= 0:
+        return "as fast"
+    if artifact_ms <= ort_ms:
+        return f"{ort_ms / artifact_ms:.1f}x faster"
+    return f"{artifact_ms / ort_ms:.1f}x slower"
 
 
 def run_main(argv: Sequence[str] | None = None) -> int:

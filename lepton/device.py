@@ -977,6 +977,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> _Parser:
     p = _Parser(prog=PROG, description="Emulated aarch64 device (qemu-user) served over TVM RPC on loopback.")
+    p.add_argument("--version", action="version", version=f"{PROG} {_version()}")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
@@ -997,8 +998,10 @@ def _parser() -> _Parser:
     b.add_argument("--force", action="store_true", help="rebuild even if the image is current")
     add_cache(b)
 
-    s = sub.add_parser("stop", help="stop the emulated RPC server")
-    s.add_argument("--port", type=int, default=DEFAULT_PORT, help="port of the server to stop (default 9090)")
+    s = sub.add_parser("stop", help="stop the emulated RPC server that `status` shows (--all: every one)")
+    s.add_argument("--port", type=int, default=None,
+                   help="port of the server to stop (default: the one running; needed when several run)")
+    s.add_argument("--all", action="store_true", help="stop every emulated server of this cache")
     add_cache(s)
 
     st = sub.add_parser("status", help="show the image and the running servers")
@@ -1006,6 +1009,15 @@ def _parser() -> _Parser:
 
     sub.add_parser("install-host-deps", help=f"run: {INSTALL_HOST_DEPS_CMD}")
     return p
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("lepton")
+    except Exception:  # not installed as a distribution (a bare checkout on sys.path)
+        return "unknown"
 
 
 def _check_arch(arch: str) -> None:
@@ -1034,9 +1046,24 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"{host}:{port}", flush=True)
         return EXIT_OK
     if args.cmd == "stop":
-        if not stop_emulator(args.port, cache):
-            raise DeviceError(f"no emulator running on port {args.port} (cache {cache})")
-        print(f"stopped {LOOPBACK}:{args.port}")
+        if args.all and args.port is not None:
+            raise UsageError("give --port PORT or --all, not both")
+        if args.port is not None:
+            ports = [args.port]
+        else:
+            ports = [s.port for s in list_servers(cache)]
+            if not ports and args.all:
+                print("no emulator running")
+                return EXIT_OK
+            if not ports:
+                raise DeviceError(f"no emulator running (cache {cache})")
+            if len(ports) > 1 and not args.all:
+                raise UsageError(f"{len(ports)} emulators are running (ports {', '.join(map(str, ports))}): "
+                                 "give --port PORT or --all")
+        for port in ports:
+            if not stop_emulator(port, cache):
+                raise DeviceError(f"no emulator running on port {port} (cache {cache})")
+            print(f"stopped {LOOPBACK}:{port}")
         return EXIT_OK
     if args.cmd == "status":
         if image_is_current(cache):

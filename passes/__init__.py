@@ -5,7 +5,7 @@ with `@register_pass` (or the `lepton.passes` entry-point group for plugins), an
 given as text: `PassManager("fuse,fixpoint(canonicalize,cse)").run(model)`. See docs/pipelines.md.
 """
 
-from .base import Pass, PassError, get_pass, list_passes, option_name, pass_origin, register_pass
+from .base import Pass, PassError, PassInputError, get_pass, list_passes, option_name, pass_origin, register_pass
 from .instruments import (DifferentialInstrument, DifferentialMismatchError, Instrument, PrintIRInstrument,
                           ReproducerInstrument, TimingInstrument, VerifyInstrument, make_inputs, run_onnxruntime)
 from .manager import (REWRITE_LOG, PassChangedMismatchError, PassChangedMismatchWarning, PassFailedError,
@@ -14,7 +14,7 @@ from .pipeline import (Fixpoint, FixpointWarning, Pipeline, PipelineError, descr
                        parse_pipeline)
 
 __all__ = [
-    "Pass", "PassError", "register_pass", "get_pass", "list_passes", "option_name", "pass_origin",
+    "Pass", "PassError", "PassInputError", "register_pass", "get_pass", "list_passes", "option_name", "pass_origin",
     "parse_pipeline", "Pipeline", "Fixpoint", "PipelineError", "FixpointWarning", "format_pass", "describe_options",
     "PassManager", "RunReport", "PassRecord", "PassFailedError", "PassChangedMismatchWarning",
     "PassChangedMismatchError", "debug_rewrites", "debug_rewrites_enabled", "REWRITE_LOG",

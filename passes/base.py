@@ -22,6 +22,12 @@ class PassError(LeptonError):
     """A pass cannot be found, configured or run as asked."""
 
 
+class PassInputError(PassError):
+    """What the user gave a pass is wrong (a calibration file with the wrong arrays, shapes or
+    dtypes; shapes the model cannot take): a user error, so no reproducer is written for it
+    (reproducers are for passes that fail on a model they should handle)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Pass:
     """Base of all passes. Subclasses are frozen dataclasses; fields are options."""

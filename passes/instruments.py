@@ -22,7 +22,7 @@ import lepton_ir
 from lepton_ir import Model, UnsupportedError, VerifyError
 from lepton_ir.reference import compare_outputs, random_inputs, run_ort
 
-from .base import Pass, PassError
+from .base import Pass, PassError, PassInputError
 
 if TYPE_CHECKING:
     from .manager import RunReport
@@ -175,8 +175,25 @@ def make_inputs(model: Model, *, seed: int = 0, dim_size: int = 2) -> dict[str, 
         raise PassError(str(e)) from None
 
 
+def _has_lepton_ops(model: Model) -> bool:
+    return any(n.domain == "ai.lepton" for n in model.graph.all_nodes()) or \
+        any(f.domain == "ai.lepton" for f in model.functions.values())
+
+
 def run_onnxruntime(model: Model, inputs: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-    """Outputs of `model` under ONNX Runtime (CPU, graph optimizations off), in graph-output order."""
+    """Outputs of `model` under ONNX Runtime (CPU, graph optimizations off), in graph-output order.
+
+    ONNX Runtime has no kernels for Lepton's own `ai.lepton` ops (what `fuse` makes): a model
+    holding them runs as a lowered copy (`lower-fused-to-standard`, the decomposed standard form
+    that states what each fused op means); `model` itself is never touched.
+    """
+    if _has_lepton_ops(model):
+        from lepton_ir.clone import clone_model
+
+        from .util import unfuse
+
+        model = clone_model(model)
+        unfuse(model)
     return run_ort(model, inputs)
 
 
@@ -255,8 +272,8 @@ class ReproducerInstrument(Instrument):
         self._snapshot = clone_model(model)
 
     def on_failure(self, p: Pass, model: Model, error: BaseException) -> str | None:
-        if self._snapshot is None:
-            return None
+        if self._snapshot is None or isinstance(error, PassInputError):
+            return None  # the user's data is wrong, not the pass: nothing to reproduce
         root = self.root or Path(tempfile.gettempdir())
         root.mkdir(parents=True, exist_ok=True)
         folder = Path(tempfile.mkdtemp(prefix=f"lepton-repro-{p.name}-", dir=root))

@@ -413,7 +413,10 @@ class _Parser:
         for key, kpos, raw in opts:
             f = fields.get(key) or fields.get(option_name(key))
             if f is None:
-                raise self.error(f"unknown option {key!r} for pass {cls.name!r}; {_options_list(cls)}", kpos)
+                from lepton_ir.registry import did_you_mean
+
+                raise self.error(f"unknown option {key!r} for pass {cls.name!r}"
+                                 f"{did_you_mean(option_name(key), fields)}; {_options_list(cls)}", kpos)
             tp = hints.get(f.name, f.type)
             try:
                 kwargs[f.name] = _convert(raw, tp)
@@ -425,9 +428,20 @@ class _Parser:
         if missing:
             raise self.error(f"pass {cls.name!r} needs option(s) {', '.join(missing)}; {_options_list(cls)}", start)
         try:
-            return cls(**kwargs)
+            p = cls(**kwargs)
         except (ValueError, TypeError, PassError) as e:  # the pass's own __post_init__ validation
             raise self.error(f"invalid options for pass {cls.name!r}: {e}", start) from None
+        # Which options the text spelled out (`given_options`); not a field, so equality and the
+        # canonical text are unchanged.
+        object.__setattr__(p, "_lepton_given_options", frozenset(kwargs))
+        return p
+
+
+def given_options(p: Pass) -> frozenset[str] | None:
+    """The field names whose values the pipeline text gave for `p` (None: `p` was not parsed from
+    text, e.g. built in Python, so every field counts as given). Lets a caller fill in what the
+    user left to the default, e.g. the driver giving quant8 the backend's target."""
+    return getattr(p, "_lepton_given_options", None)
 
 
 class _BadValue(Exception):

@@ -135,6 +135,51 @@ class TvmCpuBackend(Backend):
     #: The target when --target is not given.
     default_target = "native"
 
+    def check_target(self, target: str | None) -> None:
+        """A preset name this backend does not know is a usage error listing this backend's presets
+        (with "did you mean"); JSON targets and presets of the right kind pass (build checks the rest)."""
+        from lepton_backends.errors import BackendOptionError
+        from lepton_ir.registry import did_you_mean
+
+        from .targets import backend_presets, preset_names, target_dict
+
+        spec = (target or self.default_target).strip()
+        if spec.startswith("{"):
+            return
+        own = backend_presets(self.name)
+        if spec in preset_names():
+            d = target_dict(spec)
+            kind_ok = {"tvm-arm": d.get("kind") == "llvm" and str(d.get("mtriple", "")).startswith("aarch64"),
+                       "tvm-cuda": d.get("kind") == "cuda"}.get(self.name, d.get("kind") == "llvm")
+            if kind_ok:
+                return
+            raise BackendOptionError(f"{self.name}: target {spec!r} is not a {self.name} target; its targets: "
+                                     f"{', '.join(own)}{_other_backends_hint(self.name)}")
+        raise BackendOptionError(f"{self.name}: unknown target {spec!r}{did_you_mean(spec, own)}; its targets: "
+                                 f"{', '.join(own)} (or a JSON target dict){_other_backends_hint(self.name)}")
+
+    def quant_target(self, target: str | None) -> str | None:
+        """quant8 for arm when the code is for aarch64 (tvm-arm, or tvm-cpu with an ARM target or
+        on an aarch64 host); x86-vnni for an x86 target with AVX-512 VNNI; else x86 (quant8's default)."""
+        from .targets import target_dict
+
+        if self.name == "tvm-cuda":
+            return None
+        try:
+            d = target_dict(target or self.default_target)
+        except (ValueError, TypeError):
+            return None
+        triple = str(d.get("mtriple", "") or "")
+        if d.get("kind") != "llvm":
+            return None
+        if triple.startswith("aarch64") or (not triple and _host_arch() == "aarch64"):
+            return "arm"
+        mcpu = str(d.get("mcpu", "") or "")
+        mattr = " ".join(map(str, d.get("mattr", []) or []))
+        if mcpu in ("cascadelake", "cooperlake", "icelake-server", "sapphirerapids") or "avx512vnni" in mattr:
+            return "x86-vnni"
+        return "x86"
+
     def resolve(self, target: str | None):
         """The TVM target for `target` (preset, JSON or TVM string; default `default_target`)."""
         from .targets import resolve_target
@@ -322,6 +367,13 @@ def prepare_for_tvm(model, input_shapes: Mapping[str, Any] | None = None):
     work = clone_model(model)
     PassManager(lowering_text(_parse_shapes(input_shapes) if input_shapes else None)).run(work)
     return work
+
+
+def _other_backends_hint(backend: str) -> str:
+    others = {"tvm-cpu": "ARM cores: --backend tvm-arm; NVIDIA GPUs: --backend tvm-cuda",
+              "tvm-arm": "x86: --backend tvm-cpu; NVIDIA GPUs: --backend tvm-cuda",
+              "tvm-cuda": "CPUs: --backend tvm-cpu or tvm-arm"}.get(backend)
+    return f" ({others})" if others else ""
 
 
 def target_dict_for(backend: str, spec: str):

@@ -103,6 +103,21 @@ def preset_names() -> list[str]:
     return sorted([*_X86_PRESETS, "native", *_ARM_PRESETS, *_CUDA_ARCHS])
 
 
+def backend_presets(backend: str) -> list[str]:
+    """The presets a backend compiles for: tvm-arm the aarch64 cores, tvm-cuda the CUDA archs,
+    tvm-cpu this host and the x86 presets (it cross-compiles for the ARM presets too, but those
+    are what tvm-arm is for)."""
+    if backend == "tvm-arm":
+        return sorted(_ARM_PRESETS)
+    if backend == "tvm-cuda":
+        return list(_CUDA_ARCHS)
+    return ["native", *sorted(_X86_PRESETS)]
+
+
+def is_arm_preset(name: str) -> bool:
+    return name in _ARM_PRESETS
+
+
 def preset(name: str) -> dict[str, Any]:
     """Return a fresh copy of the target dict for preset ``name``.
 

@@ -33,7 +33,9 @@ import numpy as np
 from lepton_ir import Model, Value
 from lepton_ir.reference import ort_session, session_options
 
-from ..base import PassError
+# Every error raised here is about the calibration data the user gave (its files, arrays, shapes,
+# dtypes): a PassInputError, so no reproducer is written for it (ReproducerInstrument).
+from ..base import PassInputError as PassError
 
 NUM_BINS = 2048
 METHODS = ("minmax", "percentile", "entropy", "mse")
@@ -43,17 +45,37 @@ METHODS = ("minmax", "percentile", "entropy", "mse")
 # Progress bar (stderr, no dependency)
 # ---------------------------------------------------------------------------------------------
 class Progress:
-    """A one-line text progress bar on stderr: `calibrating [#####     ] 12/64 3.1s`."""
+    """A one-line text progress bar on stderr: `calibrating [#####     ] 12/64 3.1s`.
+
+    Only on a terminal. When stderr is not one (a log file, CI, a pipe), carriage-return redraws
+    would fill it with garbage: a plain line every 30 s of a long calibration instead, and one at
+    the end when it took more than 30 s. `LEPTON_NO_PROGRESS=1` (`lepton-opt --quiet`) silences it."""
+
+    #: seconds between the plain lines written when stderr is not a terminal
+    LINE_EVERY = 30.0
 
     def __init__(self, total: int | None, label: str = "calibrating", enabled: bool = True) -> None:
         self.total, self.label, self.done = total, label, 0
         self.enabled = enabled and os.environ.get("LEPTON_NO_PROGRESS", "") == ""
+        try:
+            self.tty = bool(sys.stderr.isatty())
+        except (AttributeError, ValueError, OSError):
+            self.tty = False
         self.t0 = time.perf_counter()
-        self._last = 0.0
+        self._last = 0.0 if self.tty else self.t0
+        self._lines = 0
 
     def update(self, n: int = 1) -> None:
         self.done += n
         now = time.perf_counter()
+        if self.enabled and not self.tty:
+            if now - self._last >= self.LINE_EVERY:
+                self._last = now
+                self._lines += 1
+                of = f"/{self.total}" if self.total else ""
+                sys.stderr.write(f"{self.label}: {self.done}{of} samples, {now - self.t0:.0f} s\n")
+                sys.stderr.flush()
+            return
         if self.enabled and (now - self._last > 0.2 or (self.total and self.done >= self.total)):
             self._last = now
             if self.total:
@@ -65,6 +87,12 @@ class Progress:
             sys.stderr.flush()
 
     def close(self) -> None:
+        if self.enabled and not self.tty:
+            if self._lines:
+                sys.stderr.write(f"{self.label}: done, {self.done} samples in "
+                                 f"{time.perf_counter() - self.t0:.0f} s\n")
+                sys.stderr.flush()
+            return
         if self.enabled:
             sys.stderr.write("\n")
             sys.stderr.flush()
@@ -438,6 +466,32 @@ def ort_session_with_outputs(model: Model, values: Sequence[Value], threads: int
     return ort_session(proto, options=so)
 
 
+def _symbolic_dims(model: Model) -> dict[str, list[object]]:
+    """Inputs with symbolic (or unknown) dims: name -> dims (ints, symbol names, None)."""
+    out = {}
+    for v in _data_inputs(model):
+        dims = list(v.shape.dims) if v.shape is not None else []
+        if any(not isinstance(d, int) for d in dims):
+            out[v.name] = dims
+    return out
+
+
+def _calibration_run_error(model: Model, feeds: object, k: int, feed: Mapping[str, np.ndarray],
+                           e: BaseException) -> str:
+    first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+    msg = f"calibration: ONNX Runtime cannot run the model on sample {k}: {first}"
+    symbolic = _symbolic_dims(model)
+    if symbolic and getattr(getattr(feeds, "gi_code", None), "co_name", "") == "random_samples":
+        names = sorted({str(d) for dims in symbolic.values() for d in dims if not isinstance(d, int)})
+        shapes = " ".join(f"{n}=" + "x".join(str(d) if isinstance(d, int) else "?" for d in dims)
+                          for n, dims in symbolic.items())
+        used = ", ".join(f"{n} {list(feed[n].shape)}" for n in symbolic if n in feed)
+        msg = (f"calibration on random data sets the symbolic dims {', '.join(names)} to 2 ({used}) and ONNX "
+               f"Runtime cannot run the model so ({first}): give the real input sizes with --input-shape "
+               f"{shapes} (each ? a size the model takes), or real samples with calib=")
+    return msg
+
+
 def collect_stats(model: Model, values: Sequence[Value], feeds: Iterator[Mapping[str, np.ndarray]],
                   total: int | None, keep_hist: bool, progress: bool = True,
                   on_batch: Callable[[dict[str, np.ndarray]], None] | None = None) -> dict[str, TensorStats]:
@@ -449,8 +503,11 @@ def collect_stats(model: Model, values: Sequence[Value], feeds: Iterator[Mapping
     stats = {name: TensorStats(keep_hist) for name in wanted}
     bar = Progress(total, enabled=progress)
     try:
-        for feed in feeds:
-            res = sess.run(None, {k: v for k, v in feed.items() if k in in_names})
+        for k, feed in enumerate(feeds):
+            try:
+                res = sess.run(None, {key: v for key, v in feed.items() if key in in_names})
+            except Exception as e:  # ORT's multi-line message: one line, and what to do about it
+                raise PassError(_calibration_run_error(model, feeds, k, feed, e)) from None
             batch = {n: r for n, r in zip(out_names, res)}
             for name in wanted:
                 r = batch.get(name)
