@@ -674,6 +674,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _dispatch(self) -> None:
         self._body_read = False
+        if len(self.headers.get_all("Content-Length") or []) > 1:
+            self._write(error_response(400, "more than one Content-Length header", close=True))
+            return
         if self.headers.get("Transfer-Encoding"):
             self._write(error_response(411, "chunked request bodies are not supported; send a Content-Length",
                                        close=True))
@@ -846,7 +849,12 @@ class InferenceClient:
                     self._drop()
                     raise ServeProtocolError(f"{where}: response of {length} bytes is over the client's limit of "
                                              f"{self.max_response_bytes}")
-                data = resp.read(self.max_response_bytes + 1)
+                if length is not None and length.isdigit():
+                    data = resp.read()  # IncompleteRead if the server goes away mid-body (read(n) would not say)
+                    if len(data) != int(length):
+                        raise http.client.IncompleteRead(data, int(length) - len(data))
+                else:
+                    data = resp.read(self.max_response_bytes + 1)
                 if len(data) > self.max_response_bytes:
                     self._drop()
                     raise ServeProtocolError(f"{where}: response is over the client's limit of "
