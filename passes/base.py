@@ -72,7 +72,8 @@ def _check_pass_class(c: type) -> str | None:
 
 #: Modules holding the built-in passes; imported on first registry access.
 _BUILTIN_MODULES: list[str] = ["lepton_passes.canonicalize", "lepton_passes.legalize", "lepton_passes.fusion",
-                               "lepton_passes.quant", "lepton_passes.prune"]
+                               "lepton_passes.quant", "lepton_passes.prune",
+                               "lepton_passes.distill"]
 
 #: Every pass by name: built-ins, then plugins of the `lepton.passes` entry-point group (lazily).
 REGISTRY: Registry[type[Pass]] = Registry("pass", Pass, "lepton.passes", _BUILTIN_MODULES, error=PassError,

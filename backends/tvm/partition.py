@@ -209,6 +209,9 @@ def partitioned_stages(be: Any, work: Model, staging: Path, *, target: str | Non
                 splits += 1
                 continue
             why = f"it compiles alone but not as a region with its neighbours ({_first(e)})"
+            # The culprit is found: forget the bisection's labels, so the halves that compiled merge
+            # back around it (their compiles are cached by node set; only new regions compile).
+            label.clear()
         else:
             r, t_tvm, t_ort = slower
             why = f"ONNX Runtime ran its region faster ({t_ort:.3g} ms against TVM's {t_tvm:.3g} ms)"
