@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -93,6 +94,13 @@ def serve_ray(args: argparse.Namespace, token: str | None) -> int:
     probe = InferenceService.from_artifact(args.artifact, model_name=args.model_name)
     spec = probe.spec
     del probe
+    # Ray Serve's proxy retries a port in use without end: check it here, while it is one line.
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((args.host, args.port))
+    except OSError as e:
+        raise ServeError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
     t0 = time.monotonic()
     started_ray = False
     try:
@@ -121,6 +129,11 @@ def serve_ray(args: argparse.Namespace, token: str | None) -> int:
             while not st.event.wait(0.5):
                 pass
             log(f"stopping ({st.signal_name})")
+    except (ServeError, KeyboardInterrupt):
+        raise
+    except Exception as e:  # Ray's start-up failures: one line (LEPTON_TRACEBACK=1 shows the rest)
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ServeError(f"Ray Serve failed: {type(e).__name__}: {first}") from e
     finally:
         if ray.is_initialized():
             try:

@@ -23,7 +23,7 @@ import pytest
 from lepton.serve import (HEADER_LENGTH, InferenceClient, ServeConnectionError, ServeError, ServeRequestError,
                           serve_main)
 
-from .conftest import MAX_REQUEST_BYTES, Server, digits_input
+from .conftest import ENGINES, MAX_REQUEST_BYTES, Server, digits_input
 
 METADATA = {"name": "digits", "versions": ["1"], "platform": "lepton_onnx",
             "inputs": [{"name": "image", "datatype": "FP32", "shape": [-1, 1, 8, 8]}],
@@ -401,11 +401,12 @@ def test_startup_refusals_are_one_line(digits_artifact, tmp_path, capsys, argv, 
     assert len(err) == 1 and err[0].startswith("lepton-serve: error: ") and words in err[0], err
 
 
-def test_port_in_use_is_one_line(digits_artifact, capsys) -> None:
+@pytest.mark.parametrize("engine", ENGINES)
+def test_port_in_use_is_one_line(digits_artifact, capsys, engine) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen(1)
-        assert serve_main([str(digits_artifact), "--port", str(s.getsockname()[1])]) == 1
+        assert serve_main([str(digits_artifact), "--port", str(s.getsockname()[1]), "--engine", engine]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("lepton-serve: error: cannot listen on 127.0.0.1:"), err
 
