@@ -239,6 +239,12 @@ def opt_parser() -> argparse.ArgumentParser:
     p.add_argument("--tune-key", metavar="KEY", help="device key to ask --tune-tracker for")
     p.add_argument("--no-fallback", action="store_true",
                    help="tvm-*: fail (with the reasons) instead of running what TVM cannot compile on ONNX Runtime")
+    p.add_argument("--report", metavar="PATH.html",
+                   help="write an HTML report: passes, latency against ONNX Runtime, output deviation, accuracy "
+                        "(with --report-data), quant8's per-layer error, stages (docs/report.md)")
+    p.add_argument("--report-data", metavar="DATA.npz",
+                   help="inputs for --report (one array per model input, samples on the first axis) and optionally "
+                        "`labels` for top-1 accuracy (default: seeded random inputs)")
     return p
 
 
@@ -354,6 +360,14 @@ def _opt(args: argparse.Namespace) -> int:
         raise UsageError("--target needs a backend (--backend NAME)")
     if not Path(args.model).exists():
         raise LeptonError(f"{args.model}: no such file")
+    if args.report_data and not args.report:
+        raise UsageError("--report-data goes with --report PATH.html")
+    if args.report and Path(args.report).is_dir():
+        raise UsageError(f"--report {args.report} is a folder; give the HTML file to write")
+    if args.report_data:
+        from lepton.report import load_report_data
+
+        load_report_data(args.report_data)  # a missing or unreadable file: one line before any slow step
     if args.debug_rewrites:
         _log_rewrites_to_stderr()
     if args.debug:
@@ -373,9 +387,12 @@ def _opt(args: argparse.Namespace) -> int:
         result = optimize(args.model, pipeline, backend, args.output, target=args.target,
                           input_shapes=shapes or None, check=args.check, instruments=instruments,
                           verify_each=not args.no_verify_each, reproducer_dir=repro,
-                          debug_rewrites=args.debug_rewrites, **options)
+                          debug_rewrites=args.debug_rewrites, report=args.report,
+                          report_data=args.report_data, **options)
     dt = time.perf_counter() - t0
     print(summary_line(args.model, result, dt, checked=args.check))
+    if result.report_file is not None:
+        print(f"wrote report {result.report_file}: {result.report_summary}")
     return EXIT_OK
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -41,6 +42,8 @@ class OptimizeResult:
     nodes_before: int
     nodes_after: int
     source_sha256: str
+    report_file: Path | None = None  # the HTML report written (report=), None if not asked or it failed
+    report_summary: str | None = None  # its gains on one line (lepton.report.summary_text)
 
 
 def load_copy(src: ModelSource) -> tuple[Model, str]:
@@ -198,13 +201,17 @@ def optimize(model: ModelSource, passes: str | Pipeline | None = None, backend: 
              input_shapes: Mapping[str, Sequence[int]] | None = None, check: bool = False,
              instruments: Iterable[Instrument] = (), verify_each: bool = True,
              reproducer_dir: str | os.PathLike | None = None, check_inputs: Mapping[str, Any] | None = None,
-             debug_rewrites: bool = False, **options: Any) -> OptimizeResult:
+             debug_rewrites: bool = False, report: str | os.PathLike | None = None,
+             report_data: str | os.PathLike | Mapping[str, Any] | None = None, **options: Any) -> OptimizeResult:
     """Optimize `model` with pipeline `passes` and (optionally) compile it with `backend` into `output`.
 
     `check=True` adds the differential instrument (ONNX Runtime before/after every pass, inputs
     `check_inputs` or generated). `reproducer_dir` turns on failure reproducers written there.
     `debug_rewrites=True` lets rewrite engines log their decisions (`lepton_passes.debug_rewrites_enabled`).
     Remaining keyword `options` go to the backend (e.g. `external_data=True` -> `external-data`).
+    `report="report.html"` writes the HTML report (lepton.report, docs/report.md): the passes, latency
+    against ONNX Runtime, output deviation, accuracy with `report_data` (a .npz of inputs and optionally
+    `labels`), quant8's per-layer error, the stages. A report failure is a `ReportWarning`, never an error.
     """
     be: Backend | None
     onnx_file = output is not None and str(output).endswith(".onnx")
@@ -245,6 +252,13 @@ def optimize(model: ModelSource, passes: str | Pipeline | None = None, backend: 
     insts = list(instruments)
     if check:
         insts.append(DifferentialInstrument(check_inputs))
+    report_inst = None
+    if report is not None:
+        from lepton.report import ReportInstrument
+
+        report_inst = ReportInstrument()
+        insts.append(report_inst)
+    t_start = time.perf_counter()
     tolerance = ToleranceInstrument()
     insts.append(tolerance)
     nodes_before = count_nodes(work)
@@ -254,9 +268,11 @@ def optimize(model: ModelSource, passes: str | Pipeline | None = None, backend: 
     artifact: Path | None = None
     # One PassManager session for the user's pipeline and the backend's lowering pipeline (run by
     # the backend on its copy of the model), so every instrument sees both.
-    with pm.session(work) as report:
+    with pm.session(work) as run_report:
         pm.run_nested(pipeline, work)
         nodes_after = count_nodes(work)
+        if report_inst is not None:
+            report_inst.phase = "backend"  # what runs now is the backend's lowering
         if onnx_file:
             assert output is not None
             artifact = _write_onnx_file(work, output, be, backend_opts, pm)
@@ -265,4 +281,25 @@ def optimize(model: ModelSource, passes: str | Pipeline | None = None, backend: 
             artifact = be.compile(work, output, target=target, options=backend_opts, pipeline_text=str(pipeline),
                                   source_sha256=source_sha, run_pipeline=lambda text, m: pm.run_nested(text, m),
                                   extra=_Extra(tolerance))
-    return OptimizeResult(work, artifact, report, str(pipeline), nodes_before, nodes_after, source_sha)
+    result = OptimizeResult(work, artifact, run_report, str(pipeline), nodes_before, nodes_after, source_sha)
+    if report is not None:
+        result.report_file, result.report_summary = _write_report(report, model, result, be, target, report_inst,
+                                                                  report_data, time.perf_counter() - t_start)
+    return result
+
+
+def _write_report(path: str | os.PathLike, source: ModelSource, result: OptimizeResult, be: Backend | None,
+                  target: str | None, inst: Any, data: Any, seconds: float) -> tuple[Path | None, str | None]:
+    """The HTML report, or a ReportWarning: a report never breaks the compile it describes."""
+    import warnings
+
+    from lepton.report import ReportWarning, make_report, summary_text
+
+    try:
+        written, rep = make_report(path, source=source, result=result, backend=be.name if be is not None else None,
+                                   target=target, instrument=inst, data=data, compile_seconds=seconds)
+        return written, summary_text(rep)
+    except Exception as e:  # noqa: BLE001 - any failure: the compile's result stands
+        warnings.warn(ReportWarning(f"report {path} not written: {type(e).__name__}: {' '.join(str(e).split())[:300]}"),
+                      stacklevel=3)
+        return None, None
