@@ -154,18 +154,33 @@ class PassManager:
 
     def run(self, model: Model) -> RunReport:
         """Run the pipeline on `model` in place and return the report. Errors name the pass."""
+        with self.session(model) as report:
+            self.run_nested(self.pipeline, model)
+        return report
+
+    @contextlib.contextmanager
+    def session(self, model: Model) -> Iterator[RunReport]:
+        """One run: instruments' `before_run` on entry, `after_run` on exit. Inside it,
+        `run_nested` runs pipelines (the main one, then e.g. a backend's lowering on a copy of the
+        model) with the same instruments, into the same report, so verify-each, print-IR, the
+        differential check, timing and the reproducer see every pass."""
         report = RunReport(pipeline=str(self.pipeline), nodes_before=count_nodes(model))
         self._report = report
         t0 = time.perf_counter()
         for inst in self.instruments:
             inst.before_run(model, self.pipeline)
-        with debug_rewrites(self.debug_rewrites):
-            self.pipeline.run(model, self._run_one)
+        yield report
         report.seconds = time.perf_counter() - t0
         report.nodes_after = count_nodes(model)
         for inst in self.instruments:
             inst.after_run(model, report)
-        return report
+
+    def run_nested(self, pipeline: Pipeline | str, model: Model) -> bool:
+        """Run `pipeline` on `model` inside the current `session` (see there); True if it changed."""
+        if self._report is None:
+            raise PassError("PassManager.run_nested needs an open session (PassManager.session(model))")
+        with debug_rewrites(self.debug_rewrites):
+            return as_pipeline(pipeline).run(model, self._run_one)
 
     def _run_one(self, p: Pass, model: Model) -> bool:
         assert self._report is not None
