@@ -151,6 +151,13 @@ def write_syscalls(cmd: list[str], out: Path) -> list[tuple[str, int]]:
     return points
 
 
+def _canonical(cmd: list[str]) -> str:
+    """The pipeline of a command as the manifest records it (canonical text)."""
+    from lepton_passes import parse_pipeline
+
+    return str(parse_pipeline(cmd[cmd.index("--passes") + 1]))
+
+
 def fault_artifact(writer: str, points: int, seed: int = 0, log=print) -> dict[str, Any]:
     """Kill a writer `points` times; check the output after each kill.
 
@@ -177,7 +184,7 @@ def fault_artifact(writer: str, points: int, seed: int = 0, log=print) -> dict[s
         for i in range(points):
             k = (i + 1) % 2
             cmd = cmds[k]
-            expected_new = cmd[cmd.index("--passes") + 1]
+            expected_new = _canonical(cmd)
             finished = False
             if sys_points[k] and i % 4 != 0:
                 name, nth = rng.choice(sys_points[k])
@@ -226,7 +233,7 @@ def fault_artifact(writer: str, points: int, seed: int = 0, log=print) -> dict[s
             current = state if state not in (None, "corrupt") else current
         # A rerun after the last kill succeeds and removes what the killed writers left.
         r = _run(cmds[0])
-        if r.returncode != 0 or artifact_identity(out) != cmds[0][cmds[0].index("--passes") + 1]:
+        if r.returncode != 0 or artifact_identity(out) != _canonical(cmds[0]):
             res["failed_reruns"] += 1
             res["problems"].append(f"rerun failed: {r.stderr.strip()[-300:]}")
         res["stale_staging_after_rerun"] = len(staging_left(out))

@@ -195,6 +195,9 @@ def opt_parser() -> argparse.ArgumentParser:
     p.add_argument("--passes", metavar="PIPELINE",
                    help="pass pipeline, e.g. 'fuse,fixpoint(canonicalize,cse)' "
                         "(default: the backend's default pipeline)")
+    p.add_argument("--load-plugin", metavar="MODULE", action="append", default=[],
+                   help="import this Python module first, for the passes or backends it registers (a plugin "
+                        "that is not installed, e.g. in a reproducer command); repeatable")
     p.add_argument("--backend", metavar="NAME", help="backend to compile with (see --list-backends); "
                    "default 'onnx' when -o is a folder")
     p.add_argument("--target", metavar="T", help="backend target (e.g. a TVM target string)")
@@ -311,11 +314,26 @@ def _log_rewrites_to_stderr() -> None:
     lg.setLevel(logging.DEBUG)
 
 
+def _load_plugin(module: str) -> None:
+    """Import a module that registers passes/backends (`--load-plugin`); a failure is a usage error."""
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except LeptonError:
+        raise
+    except Exception as e:  # ImportError, or whatever the plugin's own import raised: one line
+        raise UsageError(f"--load-plugin {module}: cannot import it: {type(e).__name__}: "
+                         f"{(str(e).splitlines() or [''])[0]}") from None
+
+
 def _opt(args: argparse.Namespace) -> int:
     from lepton.driver import optimize, parse_shape
     from lepton_backends import get_backend
     from lepton_passes import PrintIRInstrument, TimingInstrument, parse_pipeline
 
+    for mod in args.load_plugin:  # first: the plugin's passes are then listed and parsed like any
+        _load_plugin(mod)
     if args.list_passes or args.list_backends:
         if args.list_passes:
             print(format_pass_list())

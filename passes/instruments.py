@@ -40,6 +40,33 @@ def _pass_text(p: Pass) -> str:
     return format_pass(p)
 
 
+def plugin_prefix(p: object) -> tuple[str, str]:
+    """(environment prefix, `--load-plugin` arguments) that make a printed `lepton-opt` command
+    find the passes of `p` (a pass or pipeline) that come from neither Lepton nor an installed
+    plugin: a pass registered by a test suite or a package that is not installed. The prefix puts
+    the module's root folder on PYTHONPATH when it is not in site-packages."""
+    import site
+    import sys
+
+    leaves = p.passes() if hasattr(p, "passes") else [p]  # type: ignore[attr-defined]
+    mods: list[str] = []
+    roots: list[str] = []
+    sites = {str(Path(x).resolve()) for x in [*site.getsitepackages(), site.getusersitepackages()]}
+    for q in leaves:
+        mod = type(q).__module__
+        if mod.split(".")[0] in ("lepton_passes", "lepton_backends", "lepton_ir", "lepton") or mod in mods:
+            continue
+        mods.append(mod)
+        f = getattr(sys.modules.get(mod), "__file__", None)
+        if f:
+            depth = mod.count(".") + (1 if Path(f).name == "__init__.py" else 0)
+            root = str(Path(f).resolve().parents[depth])
+            if root not in sites and root not in roots:
+                roots.append(root)
+    env = f"PYTHONPATH={shlex.quote(':'.join(roots))} " if roots else ""
+    return env, "".join(f" --load-plugin {shlex.quote(m)}" for m in mods)
+
+
 def ir_text(model: Model) -> str:
     """`lepton_ir.to_text(model)`, or a plain node listing where the text form is unavailable."""
     note = ""
@@ -286,7 +313,8 @@ class ReproducerInstrument(Instrument):
         text = _pass_text(p)
         (folder / "pipeline.txt").write_text(text + "\n")
         check = " --check" if isinstance(error, DifferentialMismatchError) else ""
-        cmd = f"lepton-opt {shlex.quote(str(folder / 'input.onnx'))} --passes {shlex.quote(text)}{check}"
+        env, plugins = plugin_prefix(p)  # a plugin that is not installed: import it by name
+        cmd = f"{env}lepton-opt {shlex.quote(str(folder / 'input.onnx'))}{plugins} --passes {shlex.quote(text)}{check}"
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         (folder / "README.txt").write_text(
             f"Lepton reproducer: pass {text!r} failed.\n\n"

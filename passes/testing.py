@@ -19,8 +19,10 @@ Example budgets come from hypothesis profiles: `lepton-ci` (default, 25 examples
 
 from __future__ import annotations
 
+import math
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -32,22 +34,25 @@ from lepton_ir.reference import ort_session, run_ort
 
 from .base import Pass, get_pass
 
-_PROFILES_DONE = False
-
 
 def register_profiles() -> None:
-    """Register the `lepton-ci` and `lepton-deep` hypothesis profiles (idempotent)."""
-    global _PROFILES_DONE
-    if _PROFILES_DONE:
-        return
-    from hypothesis import HealthCheck, settings
+    """Register the `lepton-ci` and `lepton-deep` hypothesis profiles (idempotent).
 
-    common = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                                       HealthCheck.filter_too_much], print_blob=True)
-    # CI runs are derandomized so a red build is reproducible and never flaky.
-    settings.register_profile("lepton-ci", max_examples=25, derandomize=True, **common)
-    settings.register_profile("lepton-deep", max_examples=300, **common)
-    _PROFILES_DONE = True
+    One definition, in `lepton_ir.testing.pytest_plugin` (the pytest plugin every installation
+    loads); CI runs are derandomized there so a red build is reproducible and never flaky."""
+    from lepton_ir.testing.pytest_plugin import register_profiles as register
+
+    register()
+
+
+class CoverageWarning(UserWarning):
+    """check_pass: the pass changed few of the generated models, so the check proved little."""
+
+
+#: Share of generated models a pass should change for check_pass to say something about it;
+#: below it check_pass warns (and steers generation toward the pass's rules), at 0 it fails
+#: when generation was steered at all (see check_pass).
+MIN_CHANGED = 0.1
 
 
 def _resolve(p: Any) -> Any:
@@ -131,13 +136,15 @@ def failure_dir(label: str, save_dir: str | os.PathLike | None = None) -> Path:
 
 
 def check_one(p: Any, proto: Any, seed: int = 0, *, rtol: float | None = None, atol: float | None = None,
-              idempotent: bool | None = None) -> None:
-    """Run all checks of `check_pass` on one ONNX model; raise AssertionError saying which failed."""
+              idempotent: bool | None = None) -> bool:
+    """Run all checks of `check_pass` on one ONNX model; raise AssertionError saying which failed.
+    Returns whether the pass changed the model (its text form), whatever the pass reported."""
     import onnx
 
     from lepton_ir.testing.strategies import inputs_for
 
     model = lepton_ir.load(proto)
+    before = lepton_ir.to_text(model)
     _run(p, model)
     try:
         model.verify()
@@ -162,18 +169,27 @@ def check_one(p: Any, proto: Any, seed: int = 0, *, rtol: float | None = None, a
         _run(p, model)
         if lepton_ir.to_text(model) != text:
             raise AssertionError("the pass declares itself idempotent but a second run changed the model")
+    return text != before
 
 
 def check_pass(pass_or_pipeline: Any, *, strategy: Any = None, ops: Sequence[str] | None = None,
                bias: Mapping[str, float] | None = None, pattern: str | None = None,
                max_examples: int | None = None, rtol: float | None = None, atol: float | None = None,
                idempotent: bool | None = None, save_dir: str | os.PathLike | None = None,
-               shrink: bool = True, **strategy_options: Any) -> None:
+               shrink: bool = True, min_changed: float | None = None, **strategy_options: Any) -> None:
     """Property-check a pass over generated models (see the module doc). Raises on a failure.
 
     `strategy` overrides generation entirely; otherwise `pattern` (a PRESETS name), `ops`, `bias`
     and `strategy_options` go to `lepton_ir.testing.strategies`. `shrink=False` reports the first
     failing model as found (faster; mutation tests use it).
+
+    A check is only as good as the models the pass actually changed. When fewer than `min_changed`
+    (a share of the examples, default `MIN_CHANGED`) changed, check_pass issues a CoverageWarning
+    and, if the pass's rewrite rules are known (every `apply_rules` call is observed), runs a
+    second budget on models made of the op types those rules match. If then still no generated
+    model was changed although generation was steered (by `pattern`/`ops`/`bias`/`strategy` or
+    by the rules), it fails: the property was never exercised. `min_changed=0` turns this off for
+    passes that are not meant to apply to generic models.
     """
     from hypothesis import given, note, settings
     from hypothesis import strategies as st
@@ -182,6 +198,7 @@ def check_pass(pass_or_pipeline: Any, *, strategy: Any = None, ops: Sequence[str
 
     register_profiles()
     p = _resolve(pass_or_pipeline)
+    strategy_given = strategy is not None
     if strategy is None:
         if pattern is not None:
             strategy = pattern_models(pattern, bias=bias, **strategy_options)
@@ -196,7 +213,27 @@ def check_pass(pass_or_pipeline: Any, *, strategy: Any = None, ops: Sequence[str
 
     phases = base.phases if shrink else tuple(ph for ph in base.phases if ph != Phase.shrink)
     budget = settings(base, max_examples=max_examples or base.max_examples, deadline=None, phases=phases)
+    user_steered = strategy_given or any(x is not None for x in (pattern, ops, bias))
+    counts = {"examples": 0, "changed": 0}
+    rule_ops: set[str] = set()
 
+    def observe(rules: Any) -> None:  # which op types the pass's rules match (see rewrite.RULE_OBSERVERS)
+        from .rewrite import pattern_op_types
+
+        for r in rules:
+            try:
+                rule_ops.update(pattern_op_types(r))
+            except Exception:  # a rule whose pattern cannot be traced just gives no hint
+                continue
+
+    def check_one(*args: Any, **kwargs: Any) -> bool:  # the module's, counting what the pass changed
+        changed = _check_one(*args, **kwargs)
+        counts["examples"] += 1
+        counts["changed"] += bool(changed)
+        return changed
+
+    # `prop` keeps its exact source: derandomized profiles seed generation from it (hypothesis's
+    # function_digest), and the mutation tests' budgets were sized on those examples.
     @budget
     @given(proto=strategy, seed=st.integers(0, 2**16))
     def prop(proto: Any, seed: int) -> None:
@@ -216,10 +253,63 @@ def check_pass(pass_or_pipeline: Any, *, strategy: Any = None, ops: Sequence[str
             note(f"failing model saved in {out_dir}")
             raise AssertionError(f"{p}: {e} [model saved in {out_dir}]") from e
 
-    prop()
+    from .rewrite import RULE_OBSERVERS
+
+    RULE_OBSERVERS.append(observe)
+    try:
+        try:
+            prop()
+        except AssertionError:
+            _reproducible_readme(out_dir / "README.txt", p)
+            raise
+        share = MIN_CHANGED if min_changed is None else min_changed
+        need = math.ceil(share * max(counts["examples"], 1)) if share > 0 else 0
+        if counts["changed"] >= need:
+            return
+        from lepton_ir.testing.strategies import onnx_models as models, op_names
+
+        steer = sorted(rule_ops & set(op_names()))
+        first = f"{label}: changed {counts['changed']} of {counts['examples']} generated models"
+        if steer and not strategy_given:
+            warnings.warn(f"{first}; steering generation toward the op types its rules match ({', '.join(steer)})",
+                          CoverageWarning, stacklevel=2)
+            opts = {k: v for k, v in strategy_options.items() if k in ("dtypes", "symbolic_dims", "opset", "max_nodes")}
+            steered = st.one_of(models(ops=steer, min_nodes=2, **opts),
+                                models(bias={op: 20.0 for op in steer}, **opts))
+            try:
+                budget(given(proto=steered, seed=st.integers(0, 2**16))(prop.hypothesis.inner_test))()
+            except AssertionError:
+                _reproducible_readme(out_dir / "README.txt", p)
+                raise
+        if counts["changed"] == 0 and (user_steered or steer):
+            raise AssertionError(
+                f"{first}{' (and none of the models made of ' + ', '.join(steer) + ')' if steer else ''}: the "
+                "property was never exercised. Steer generation toward what the pass rewrites (pattern=, ops=, "
+                "bias=, strategy=), or pass min_changed=0 if it is not meant to apply to generated models")
+        if counts["changed"] < need:
+            warnings.warn(f"{label}: changed only {counts['changed']} of {counts['examples']} generated models; the "
+                          "check proves little (steer it with pattern=, ops=, bias=)", CoverageWarning, stacklevel=2)
+    finally:
+        RULE_OBSERVERS.remove(observe)
 
 
-__all__ = ["check_pass", "check_one", "compare_outputs", "register_profiles"]
+_check_one = check_one
+
+
+def _reproducible_readme(readme: Path, p: Any) -> None:
+    """Make the README's `lepton-opt` line runnable for a pass whose package is not installed:
+    PYTHONPATH and `--load-plugin` for it (see instruments.plugin_prefix)."""
+    from .instruments import plugin_prefix
+
+    env, plugins = plugin_prefix(p)
+    if not readme.is_file() or not (env or plugins):
+        return
+    text = readme.read_text()
+    readme.write_text(text.replace("Reproduce: lepton-opt ", f"Reproduce: {env}lepton-opt ", 1)
+                      .replace(" --passes ", f"{plugins} --passes ", 1))
+
+
+__all__ = ["check_pass", "check_one", "compare_outputs", "register_profiles", "CoverageWarning", "MIN_CHANGED"]
 
 
 def registered_passes() -> list[str]:
