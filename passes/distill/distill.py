@@ -34,7 +34,7 @@ import numpy as np
 
 from lepton_ir import DType, Model, Value
 
-from ..base import Pass, PassError, register_pass
+from ..base import Pass, PassError, PassInputError, register_pass
 
 INSTALL_HINT = "pip install lepton[train]"
 #: Where `prune` keeps the unpruned model (an ONNX ModelProto) in `model.graph.meta`
@@ -55,7 +55,7 @@ def require_torch() -> Any:
     try:
         import torch
     except ImportError:
-        raise PassError(f"distill needs PyTorch, which is not installed: {INSTALL_HINT}") from None
+        raise PassInputError(f"distill needs PyTorch, which is not installed: {INSTALL_HINT}") from None
     return torch
 
 
@@ -75,7 +75,7 @@ def load_training_data(model: Model, calib: str, limit: int = 0) -> tuple[dict[s
     inputs = _data_inputs(model)
     names = [v.name for v in inputs]
     if not calib:
-        raise PassError("distill needs training data: calib=FILE.npz|FOLDER|random:N (docs/distill.md)")
+        raise PassInputError("distill needs training data: calib=FILE.npz|FOLDER|random:N (docs/distill.md)")
     path = Path(calib)
     labels: list[np.ndarray] = []
     parts: dict[str, list[np.ndarray]] = {k: [] for k in names}
@@ -87,7 +87,7 @@ def load_training_data(model: Model, calib: str, limit: int = 0) -> tuple[dict[s
             arrays = {names[0]: next(iter(arrays.values()))}
         missing = [k for k in names if k not in arrays]
         if missing:
-            raise PassError(f"{where}: no array for model input {missing[0]!r} (has {sorted(arrays)})")
+            raise PassInputError(f"{where}: no array for model input {missing[0]!r} (has {sorted(arrays)})")
         for k in names:
             a = arrays[k]
             v = next(x for x in inputs if x.name == k)
@@ -95,7 +95,7 @@ def load_training_data(model: Model, calib: str, limit: int = 0) -> tuple[dict[s
             if per_sample and rank is not None and a.ndim == rank - 1:
                 a = a[None]
             if a.ndim == 0:
-                raise PassError(f"{where}: array for {k!r} is a scalar; its first axis must count the samples")
+                raise PassInputError(f"{where}: array for {k!r} is a scalar; its first axis must count the samples")
             parts[k].append(a)
         if lab is not None:
             labels.append(np.asarray(lab).reshape(-1))
@@ -109,7 +109,7 @@ def load_training_data(model: Model, calib: str, limit: int = 0) -> tuple[dict[s
     elif is_dir:
         files = sorted(p for p in path.iterdir() if p.suffix in (".npz", ".npy"))
         if not files:
-            raise PassError(f"training data folder {calib} holds no .npz/.npy files")
+            raise PassInputError(f"training data folder {calib} holds no .npz/.npy files")
         for p in files:
             take(_read_arrays(p), str(p), per_sample=True)
     else:  # random:N (and the errors load_samples words for anything else)
@@ -119,13 +119,13 @@ def load_training_data(model: Model, calib: str, limit: int = 0) -> tuple[dict[s
     try:
         data = {k: np.concatenate(v, axis=0) for k, v in parts.items()}
     except ValueError as e:
-        raise PassError(f"training data {calib}: samples of different shapes cannot be batched ({e})") from None
+        raise PassInputError(f"training data {calib}: samples of different shapes cannot be batched ({e})") from None
     n = min((a.shape[0] for a in data.values()), default=0)
     if n == 0:
-        raise PassError(f"training data {calib} holds no samples")
+        raise PassInputError(f"training data {calib} holds no samples")
     lab = np.concatenate(labels) if labels else None
     if lab is not None and lab.shape[0] < n:
-        raise PassError(f"training data {calib}: {lab.shape[0]} labels for {n} samples")
+        raise PassInputError(f"training data {calib}: {lab.shape[0]} labels for {n} samples")
     if limit:
         n = min(n, limit)
     data = {k: a[:n] for k, a in data.items()}
@@ -237,9 +237,9 @@ class Distill(Pass):
             try:
                 return lepton_ir.load(self.teacher), self.teacher
             except lepton_ir.LeptonError as e:
-                raise PassError(f"distill: cannot load teacher {self.teacher}: {str(e).splitlines()[0]}") from None
+                raise PassInputError(f"distill: cannot load teacher {self.teacher}: {str(e).splitlines()[0]}") from None
             except OSError as e:
-                raise PassError(f"distill: cannot load teacher {self.teacher}: {e.strerror or e}") from None
+                raise PassInputError(f"distill: cannot load teacher {self.teacher}: {e.strerror or e}") from None
         snap = model.graph.meta.get(PRUNE_ORIGINAL_KEY)
         if snap is not None:
             return lepton_ir.load(snap), "the model before prune"
@@ -333,7 +333,7 @@ class _Teacher:
         in_names = {i.name for i in self.sess.get_inputs()}
         missing = [k for k in in_names if k not in data]
         if missing:
-            raise PassError(f"distill: the teacher's input {missing[0]!r} is not an input of the student")
+            raise PassInputError(f"distill: the teacher's input {missing[0]!r} is not an input of the student")
         self.in_names = sorted(in_names)
         self.data, self.batch = data, batch
         self.n = min(a.shape[0] for a in data.values())
@@ -387,10 +387,11 @@ def _train(opts: Distill, model: Model, teacher: Model, where: str, data: dict[s
 
     use_labels = labels is not None and opts.label_weight > 0
     deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     threads = torch.get_num_threads()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(opts.seed)
-        torch.use_deterministic_algorithms(True)
+        _set_deterministic(torch, True)
         if opts.threads:
             torch.set_num_threads(opts.threads)
         try:
@@ -455,9 +456,8 @@ def _train(opts: Distill, model: Model, teacher: Model, where: str, data: dict[s
 
             steps = max(1, math.ceil(len(train_idx) / batch))
             total_steps = max(1, opts.epochs * steps)
-            opt = torch.optim.Adam(params, lr=opts.lr)
-            sched = torch.optim.lr_scheduler.LambdaLR(
-                opt, lambda k: 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(k, total_steps) / total_steps)))
+            opt = _Adam(torch, params)
+            step_no = 0
             bar = TrainProgress(opts.epochs, steps, opts.progress, opts.time_budget)
             bar.line(f"distill: teacher {where}; {len(train_idx)} training / {n_val} validation samples"
                      f"{' with labels' if use_labels else ''}; {len(params)} weights; outputs "
@@ -475,15 +475,16 @@ def _train(opts: Distill, model: Model, teacher: Model, where: str, data: dict[s
                     idx = order[i * batch:(i + 1) * batch]
                     if len(idx) == 0 or (fixed and len(idx) < batch):
                         continue
-                    opt.zero_grad(set_to_none=True)
+                    for p in params:
+                        p.grad = None
                     loss = loss_of(idx)
                     if not torch.isfinite(loss):
                         stop = "the loss is not finite (lower lr=)"
                         break
                     loss.backward()
-                    torch.nn.utils.clip_grad_norm_(params, 5.0)
-                    opt.step()
-                    sched.step()
+                    lr = opts.lr * (0.1 + 0.45 * (1 + math.cos(math.pi * min(step_no, total_steps) / total_steps)))
+                    opt.step(lr, clip=5.0)
+                    step_no += 1
                     run_loss += float(loss.detach()) * len(idx)
                     seen += len(idx)
                     bar.step(epoch, i + 1, run_loss / max(seen, 1))
@@ -519,9 +520,52 @@ def _train(opts: Distill, model: Model, teacher: Model, where: str, data: dict[s
                     + (f";val_loss={first_val:.6g}->{best_val:.6g}" if first_val is not None else ""))
             return written > 0
         finally:
-            torch.use_deterministic_algorithms(deterministic)
+            _set_deterministic(torch, deterministic, warn_only)
             if opts.threads:
                 torch.set_num_threads(threads)
+
+
+class _Adam:
+    """Adam (Kingma & Ba; torch.optim.Adam's defaults) with global gradient-norm clipping.
+
+    Hand-written because constructing any torch.optim optimizer imports torch._dynamo (8 s on a
+    busy 2-core machine, longer than training the digits CNN)."""
+
+    def __init__(self, torch: Any, params: list, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+        self.torch, self.params, self.betas, self.eps, self.t = torch, params, betas, eps, 0
+        self.m = [torch.zeros_like(p) for p in params]
+        self.v = [torch.zeros_like(p) for p in params]
+
+    def step(self, lr: float, clip: float = 0.0) -> None:
+        torch = self.torch
+        b1, b2 = self.betas
+        self.t += 1
+        with torch.no_grad():
+            grads = [p.grad for p in self.params]
+            scale = 1.0
+            if clip > 0:
+                norm = math.sqrt(sum(float(g.double().pow(2).sum()) for g in grads if g is not None))
+                if norm > clip:
+                    scale = clip / (norm + 1e-6)
+            c1, c2 = 1 - b1 ** self.t, 1 - b2 ** self.t
+            for p, g, m, v in zip(self.params, grads, self.m, self.v):
+                if g is None:
+                    continue
+                if scale != 1.0:
+                    g = g * scale
+                m.mul_(b1).add_(g, alpha=1 - b1)
+                v.mul_(b2).addcmul_(g, g, value=1 - b2)
+                p.addcdiv_(m, (v / c2).sqrt_().add_(self.eps), value=-lr / c1)
+
+
+def _set_deterministic(torch: Any, mode: bool, warn_only: bool = False) -> None:
+    """`torch.use_deterministic_algorithms(mode)` without its import of torch._inductor (9 s on a
+    busy machine) when inductor is not loaded: its only other effect is inductor's config flag."""
+    setter = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if "torch._inductor" in sys.modules or setter is None:
+        torch.use_deterministic_algorithms(mode, warn_only=warn_only)
+    else:
+        setter(mode, warn_only=warn_only)
 
 
 def _fixed_batch(model: Model) -> bool:
