@@ -312,8 +312,13 @@ def _open_artifact(artifact: Path | None, model: Model) -> tuple[Any, str, dict[
     import lepton
     from lepton_ir.reference import ort_session
 
-    if artifact is None:
-        sess = ort_session(model, optimize=True)
+    if artifact is None:  # nothing written: the optimized model, its ai.lepton ops lowered as -o x.onnx does
+        from lepton_ir.clone import clone_model
+        from lepton_passes import parse_pipeline
+
+        lowered = clone_model(model)
+        parse_pipeline("lower-fused-to-onnx").run(lowered)
+        sess = ort_session(lowered, optimize=True)
         return _OrtFeed(sess), "the optimized model (not written) in ONNX Runtime", None
     if artifact.is_file():  # -o x.onnx: just the optimized model
         sess = ort_session(str(artifact), optimize=True)

@@ -388,6 +388,21 @@ def test_report_part_failure_is_noted_on_the_page(tmp_path: Path, monkeypatch: p
     assert 'id="chart-latency"' in page and result.report_file is not None
 
 
+def test_report_without_an_artifact_and_for_an_onnx_file(tmp_path: Path) -> None:
+    """No output: the optimized model (fused ops lowered) is what is timed and compared; -o x.onnx:
+    that file. No part may be missing (warnings are errors here)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ReportWarning)
+        none = lepton.optimize(str(corpus.digits_model_path()), passes="fuse", report=tmp_path / "a.html")
+        onefile = lepton.optimize(str(corpus.digits_model_path()), passes="fuse", output=tmp_path / "m.onnx",
+                                  report=tmp_path / "b.html")
+    assert none.artifact is None and "not written" in (tmp_path / "a.html").read_text()
+    assert "m.onnx in ONNX Runtime" in (tmp_path / "b.html").read_text()
+    for r in (none, onefile):
+        assert len(svg_marks(r.report_file.read_text(), "chart-latency", "bar")) == 2
+        assert "max abs deviation from ONNX Runtime" in r.report_summary
+
+
 def test_report_is_written_atomically(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A failure while writing leaves the previous report, and no temporary file."""
     import lepton.report as rep
