@@ -267,7 +267,7 @@ def _check_backend_class(c: type) -> str | None:
 
 #: Modules holding built-in backends, imported on first registry access.
 _BUILTIN_MODULES: list[str] = ["lepton_backends.onnx_backend", "lepton_backends.tvm", "lepton_backends.tvm.arm",
-                               "lepton_backends.tvm.cuda"]
+                               "lepton_backends.tvm.cuda", "lepton_backends.split"]
 
 #: Every backend by name: built-ins, then plugins of the `lepton.backends` entry-point group.
 REGISTRY: Registry[type[Backend]] = Registry("backend", Backend, "lepton.backends", _BUILTIN_MODULES,

@@ -344,12 +344,16 @@ def _opt(args: argparse.Namespace) -> int:
         raise UsageError("the following arguments are required: MODEL (or --list-passes / --list-backends)")
     # Validate everything cheap before touching the model: usage errors come first and exit 2.
     pipeline = parse_pipeline(args.passes) if args.passes is not None else None
-    backend = get_backend(args.backend)() if args.backend else None
+    # `--backend 'split{edge=cortex-a72,bandwidth=20mbit}'`: options spelled inside braces, as in pipelines.
+    from lepton_backends.split import parse_spec
+
+    backend_name, spec_options = parse_spec(args.backend) if args.backend else (None, {})
+    backend = get_backend(backend_name)() if backend_name else None
     try:
         shapes = dict(parse_shape(s) for s in args.input_shape)
     except LeptonError as e:
         raise UsageError(str(e)) from None
-    options = dict(_parse_option(o) for o in args.option)
+    options = {**spec_options, **dict(_parse_option(o) for o in args.option)}
     if (args.tune_rpc or args.tune_tracker or args.tune_key) and args.tune is None:
         raise UsageError("--tune-rpc/--tune-tracker/--tune-key go with --tune TRIALS")
     if args.tune_rpc and args.tune_tracker:
