@@ -771,7 +771,7 @@ def render_html(rep: Mapping[str, Any]) -> str:
     elif rep.get("accuracy_note"):
         rows.append(("accuracy", _e(rep["accuracy_note"])))
     if rep.get("compile_seconds") is not None:
-        rows.append(("compile time", f"{rep['compile_seconds']:.2f} s"))
+        rows.append(("passes + backend", f"{rep['compile_seconds']:.2f} s (after loading the model; the report's own measuring not included)"))
     p.append('<h2>Summary</h2><table class="big">' + "".join(f"<tr><td><b>{k}</b></td><td>{v}</td></tr>" for k, v in rows)
              + "</table>")
     for prob in rep.get("problems", []):
