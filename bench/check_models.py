@@ -4,7 +4,9 @@ For each model (the shipped digits CNN and every cached real model, `lepton_ir.t
 and each pipeline (`fuse`, `fuse,quant8`, `fuse,fp16`), runs `lepton.optimize(..., check=True)`
 with realistic inputs for the ONNX Runtime runs (`corpus.realistic_inputs`, seed 0; digits: test
 images) and, for quant8, calibration on 8 other realistic samples (a folder of .npz files, seeds
-1..8; digits: the calib split). Prints one line per run and writes bench/results/check_models.json.
+1..8; digits: the calib split). Models below opset 13 are converted to opset 13 first
+(`onnx.version_converter`, what quant8's error asks for: ppocr-rec's Squeeze). Prints one line
+per run and writes bench/results/check_models.json.
 
     python bench/check_models.py [MODEL ...]
 """
@@ -38,7 +40,17 @@ def model_and_data(name: str, calib_dir: Path) -> tuple[Path, dict[str, np.ndarr
         return corpus.digits_model_path(), {"image": x[:4]}
     for i in range(8):
         np.savez(calib_dir / f"s{i:02d}.npz", **corpus.realistic_inputs(name, seed=i + 1))
-    return corpus.real_model_path(name), corpus.realistic_inputs(name, seed=0)
+    path = corpus.real_model_path(name)
+    import onnx
+
+    proto = onnx.load(str(path))
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 13)
+    if opset < 13:  # quant8 needs opset 13 (per-axis DequantizeLinear): convert, as its error says
+        from onnx import version_converter
+
+        path = calib_dir.parent / f"{name}-opset13.onnx"
+        onnx.save(version_converter.convert_version(proto, 13), str(path))
+    return path, corpus.realistic_inputs(name, seed=0)
 
 
 def check(name: str, pipeline: str, tmp: Path) -> dict[str, object]:

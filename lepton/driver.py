@@ -162,16 +162,26 @@ def _quant_target(pipeline: Pipeline, backend: Backend | None, target: str | Non
     return walk(pipeline)
 
 
-def check_input_shapes(model: Model, shapes: Mapping[str, Sequence[int]]) -> None:
+def check_input_shapes(model: Model, shapes: Mapping[str, Sequence[int]], unpinned: Model | None = None) -> None:
     """Pinned input shapes every node can take: the model's shape inference (ONNX's, strict) runs on
     the pinned model before any pass, and a node whose inputs do not fit (a Concat of 17 and 16
-    rows) is a one-line error naming it and the --input-shape given."""
+    rows) is a one-line error naming it and the --input-shape given. When `unpinned` (the model
+    before pinning) fails strict inference too, the shapes are not to blame and nothing is said
+    (ONNX's strict mode refuses some models ONNX Runtime runs)."""
     import onnx.shape_inference
 
-    proto = lepton_ir.to_onnx(model)
+    def infer(m: Model) -> None:
+        onnx.shape_inference.infer_shapes(lepton_ir.to_onnx(m), check_type=True, strict_mode=True, data_prop=True)
+
     try:
-        onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=True)
+        infer(model)
     except Exception as e:  # InferenceError / ValidationError: ONNX's message names the node
+        if unpinned is not None:
+            try:
+                infer(unpinned)
+            except Exception:
+                return
+
         given = " ".join(f"{k}={'x'.join(str(d) for d in v)}" for k, v in shapes.items())
         first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
         raise LeptonError(f"--input-shape {given}: the model cannot take this shape: {first}") from None
@@ -247,8 +257,11 @@ def optimize(model: ModelSource, passes: str | Pipeline | None = None, backend: 
 
     work, source_sha = load_copy(model)
     if input_shapes:
+        from lepton_ir.clone import clone_model
+
+        unpinned = clone_model(work)  # shares the weights: O(nodes)
         pin_input_shapes(work, input_shapes)
-        check_input_shapes(work, input_shapes)
+        check_input_shapes(work, input_shapes, unpinned)
     insts = list(instruments)
     if check:
         insts.append(DifferentialInstrument(check_inputs))

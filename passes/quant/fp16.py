@@ -6,7 +6,9 @@ Every float32 tensor becomes float16 except around ops that must stay float32:
   ReduceMean(Pow(x - mean, 2)) overflows at |x - mean| > 256), plus Range/CumSum whose float16
   results go wrong for long ranges;
 * ops of other domains and ops holding subgraphs (we cannot see their typing rules);
-* inputs that the ONNX schema fixes to float32 (Resize/Upsample roi and scales).
+* inputs that the ONNX schema fixes to float32 (Resize/Upsample roi and scales), and ops that take
+  no float16 at all (DynamicQuantizeLinear; QuantizeLinear/DequantizeLinear, float16 only from
+  opset 19): `FP32_ONLY_OPS`.
 Casts are inserted on the edges between the two worlds (one per value and direction). With
 `keep-io-types=true` (default) graph inputs and outputs stay float32 and are cast at the boundary,
 so callers do not change.
@@ -25,6 +27,14 @@ from ..base import Pass, register_pass
 from ..util import constant_value, infer_types_changed
 
 _FP32_SLOTS = {"Resize": (1, 2), "Upsample": (1,)}
+#: Ops whose ONNX schema takes no float16 (DynamicQuantizeLinear: float32 only; QuantizeLinear's
+#: input and DequantizeLinear's output before opset 19): computed in float32 whatever the options
+#: (ddddocr-old's DynamicQuantizeLinear fed float16 was a model ONNX Runtime refuses).
+#: Ops of an already quantized model: fp16 leaves such a model as it is (see `run`).
+QUANTIZED_OPS = frozenset({"DynamicQuantizeLinear", "QuantizeLinear", "DequantizeLinear", "ConvInteger",
+                           "MatMulInteger", "QLinearConv", "QLinearMatMul", "DynamicQuantizeLSTM", "QGemm",
+                           "QLinearAdd", "QLinearMul", "DynamicQuantizeMatMul", "MatMulIntegerToFloat"})
+FP32_ONLY_OPS = frozenset({"DynamicQuantizeLinear", "QuantizeLinear", "DequantizeLinear"})
 DEFAULT_KEEP_FP32 = ("Pow", "Exp", "Log", "ReduceSum", "ReduceMean", "ReduceProd", "ReduceSumSquare", "ReduceL2",
                      "ReduceLogSumExp", "Softmax", "LogSoftmax", "Range", "CumSum", "RandomNormal", "RandomUniform",
                      "RandomNormalLike", "RandomUniformLike", "Multinomial", "NonMaxSuppression", "TopK")
@@ -61,7 +71,8 @@ class Fp16(Pass):
         return (r, r)
 
     def _blocked(self, n: Node) -> bool:
-        return (n.op_type in self.keep_fp32_ops or n.domain not in ("", "ai.onnx") or bool(n.subgraphs())
+        return (n.op_type in self.keep_fp32_ops or n.op_type in FP32_ONLY_OPS or n.domain not in ("", "ai.onnx")
+                or bool(n.subgraphs())
                 or (n.name is not None and n.name in self.exclude_nodes))
 
     def run(self, model: Model) -> bool:
@@ -73,6 +84,16 @@ class Fp16(Pass):
         nodes = list(g)
         if not any(v.dtype == DType.FLOAT for n in nodes for v in n.outputs) and \
                 not any(v.dtype == DType.FLOAT for v in g.inputs):
+            return unfused or refined
+        quantized = sorted({n.op_type for n in g.all_nodes() if n.op_type in QUANTIZED_OPS})
+        if quantized:
+            # Already int8: the scales of its quantizers are computed from (or were calibrated on)
+            # float32 values; float16 ones move values across rounding boundaries and one step of
+            # an int8 activation is far more than float16's error (ddddocr-old: 0.57 at an output).
+            import warnings
+
+            warnings.warn(f"fp16: the model is already quantized ({', '.join(quantized)}); left in float32",
+                          stacklevel=2)
             return unfused or refined
         f16: set[int] = set()  # values that end up float16
         # Graph inputs.
