@@ -1,6 +1,7 @@
 """ONNX node conformance through each execution path; writes docs/conformance.md.
 
-    python bench/conformance.py [--paths ort,lepton-onnx,tvm,lepton-tvm-cpu] [--jobs 2] [--limit N]
+    python bench/conformance.py [--paths ort,lepton-onnx,tvm,lepton-tvm-cpu,lepton-tvm-cpu-fallback]
+                                [--jobs 2] [--limit N]
                                 [--fresh [PATHS]] [--only-failed] [--match REGEX]
 
 Paths, each judged against the expected outputs shipped with the case (onnx's BackendTest
@@ -8,12 +9,17 @@ tolerances: rtol 1e-3, atol 1e-7, or the case's own):
 - ort:            ONNX Runtime on the case as shipped (the reference everyone compares with);
 - lepton-onnx:    lepton.onnx_backend: import -> canonicalize -> `onnx` backend -> ONNX Runtime;
 - tvm:            TVM's own importer alone: relax.frontend.onnx.from_onnx -> tvm.compile -> VM;
-- lepton-tvm-cpu: lepton.onnx_backend with the `tvm-cpu` backend (when registered).
+- lepton-tvm-cpu: lepton.onnx_backend with the `tvm-cpu` backend (when registered), strict:
+                  `fallback=False`, so a case passes only when TVM compiles all of it;
+- lepton-tvm-cpu-fallback: the same with `fallback=True` (the backend's default): what TVM cannot
+                  compile runs on ONNX Runtime stages of a multi-stage artifact. A failure's reason
+                  names the artifact's stages (`[stages: tvm-cpu:N,onnx:M]`, N/M nodes) when it built.
 Each case runs in a worker process (a crash counts as a failure, not as the end of the run).
 Results are cached per path in bench/results/conformance-<path>.json; --fresh ignores the cache
 (--fresh PATH[,PATH] only that of the paths named, reusing the others' cached results in the doc).
---only-failed reruns only the cached failures of each path and --match only the cases whose name
-matches a regex; both merge the new results into the cache (and the doc) instead of replacing it.
+--only-failed reruns only the cached failures of each path (and the cases missing from the cache:
+the cache is written every 50 cases, so this resumes an interrupted sweep) and --match only the
+cases whose name matches a regex; both merge the new results into the cache (and the doc) instead of replacing it.
 """
 
 from __future__ import annotations
@@ -72,9 +78,12 @@ def _run_path(path: str, model, inputs):
     inits = {t.name for t in model.graph.initializer}
     names = [i.name for i in model.graph.input if i.name not in inits]
     if path == "ort":
-        from lepton_ir.reference import run_ort
+        from lepton_ir.reference import feed_for, ort_session
 
-        return run_ort(model, dict(zip(names, inputs)), optimize=True)
+        # The session's own outputs, not run_ort's: run_ort makes every output an ndarray, which
+        # turns a sequence output (a list of arrays) into a stacked array or fails on ragged ones.
+        sess = ort_session(model, optimize=True)
+        return sess.run(None, feed_for(sess, dict(zip(names, inputs))))
     if path == "tvm":
         import tvm
         from tvm import relax
@@ -89,12 +98,43 @@ def _run_path(path: str, model, inputs):
         return [r.numpy() for r in flat]
     from lepton.onnx_backend import backend_for
 
-    backend = path.removeprefix("lepton-")
-    return list(backend_for(backend, "canonicalize").prepare(model).run(list(inputs)))
+    global _LAST_REP
+    backend, options = _LEPTON_PATHS.get(path, (path.removeprefix("lepton-"), {}))
+    _LAST_REP = rep = backend_for(backend, "canonicalize", options=options).prepare(model)
+    return list(rep.run(list(inputs)))
+
+
+#: Lepton paths whose name is not just `lepton-<backend>`: (backend, backend options)
+_LEPTON_PATHS: dict[str, tuple[str, dict]] = {
+    "lepton-tvm-cpu": ("tvm-cpu", {"fallback": False}),
+    "lepton-tvm-cpu-fallback": ("tvm-cpu", {"fallback": True}),
+}
+_LAST_REP = None  # the rep of the case being run (a Lepton path), to describe its artifact on failure
+
+
+def _stages_of(rep) -> str:
+    """` [stages: tvm-cpu:3,onnx:1]` (backend:nodes of each stage) of the artifact(s) a rep built."""
+    if rep is None:
+        return ""
+    runners = [rep.runner] if getattr(rep, "runner", None) is not None else [r for r, _ in rep.compiled.values()]
+    shown = []
+    for r in runners:
+        stages = (getattr(r, "manifest", None) or {}).get("stages") or [getattr(r, "manifest", None) or {}]
+        shown.append(",".join(f"{st.get('backend', '?')}:{st.get('nodes', '?')}" for st in stages))
+    return f" [stages: {'; '.join(shown)}]" if shown else ""
 
 
 def _one(args: tuple[str, str]) -> tuple[str, bool, str]:
+    name, ok, why = _one_case(args)
+    if not ok and args[0].endswith("-fallback"):
+        why += _stages_of(_LAST_REP)
+    return name, ok, why
+
+
+def _one_case(args: tuple[str, str]) -> tuple[str, bool, str]:
+    global _LAST_REP
     path, name = args
+    _LAST_REP = None
     model, inputs, outputs, (rtol, atol) = _cases()[name]
     try:
         with warnings.catch_warnings():
@@ -121,6 +161,9 @@ def _sweep(path: str, names: list[str], jobs: int, base: dict[str, list] | None 
     with ctx.Pool(jobs, maxtasksperchild=50) as pool:
         for k, (name, ok, why) in enumerate(pool.imap_unordered(_one, [(path, n) for n in names], chunksize=4), 1):
             done[name] = [ok, why]
+            if k % 50 == 0:  # an interrupted sweep keeps what it ran: --only-failed resumes it
+                RESULTS.mkdir(parents=True, exist_ok=True)
+                cache.write_text(json.dumps(done, indent=0, sort_keys=True))
             if k % 100 == 0 or k == len(names):
                 rate = k / (time.time() - t0)
                 print(f"  {path}: {k}/{len(names)} ({sum(done[n][0] for n in names if n in done)} pass) "
@@ -131,6 +174,28 @@ def _sweep(path: str, names: list[str], jobs: int, base: dict[str, list] | None 
         print(f"  {path}: reran {len(names)} cases; {before} -> {sum(v[0] for v in done.values())} pass",
               file=sys.stderr, flush=True)
     return done
+
+
+_ORT_ERRORS = ("Fail", "InvalidArgument", "InvalidGraph", "RuntimeException", "NotImplemented", "NoSuchFile",
+               "EPFail", "ModelLoaded", "InvalidProtobuf", "Onnxruntime")
+
+
+def _cause(why: str) -> str:
+    """What a failure of a fallback path comes from, from its reason (and the stages it names)."""
+    m = re.search(r" \[stages: (.*)\]$", why)
+    stages = [st.split(":")[0] for part in m.group(1).split("; ") for st in part.split(",")] if m else []
+    kind = why.split(":")[0]
+    if not stages:
+        return "no artifact: compiling or partitioning failed" if kind != "WorkerCrash" else "crash"
+    if why.startswith(("wrong values", "outputs,")) or re.match(r"\d+ outputs", why):
+        if all(st != "onnx" for st in stages):
+            return "wrong values: TVM compiled the whole model (no fallback stage)"
+        if all(st == "onnx" for st in stages):
+            return "wrong values: ONNX Runtime stages only"
+        return "wrong values: multi-stage artifact (a TVM stage the oracle accepted, or a border)"
+    if kind in _ORT_ERRORS or "onnxruntime" in why.lower():
+        return "an ONNX Runtime stage fails to run"
+    return "a stage fails to run"
 
 
 def _op_of(name: str) -> str:
@@ -156,6 +221,12 @@ def write_doc(results: dict[str, dict[str, list]], total: int) -> str:
              "`lepton optimize --passes`), caching one artifact per distinct bound values. An input with any other "
              "use (data) is never bound, so constant folding cannot compute a case's answer ahead of the backend.",
              "",
+             "lepton-tvm-cpu is strict (`fallback=False`, `--no-fallback`): a case passes only when TVM compiles "
+             "all of it. lepton-tvm-cpu-fallback is the backend's default (`fallback=True`): the nodes TVM cannot "
+             "compile (the capability oracle's trial compile per node, checked against ONNX Runtime on recorded "
+             "values) run on ONNX Runtime stages of a multi-stage artifact. Its failures name the artifact's stages "
+             "(`[stages: tvm-cpu:N,onnx:M]`, nodes per stage) and are grouped by cause.",
+             "",
              "| path | passes | of all cases | of the cases ONNX Runtime passes |", "|---|---:|---:|---:|"]
     for path, res in results.items():
         ok = {n for n, (p, _) in res.items() if p}
@@ -171,6 +242,14 @@ def write_doc(results: dict[str, dict[str, list]], total: int) -> str:
             continue
         ops = Counter(_op_of(n) for n in miss)
         lines.append("By op type: " + ", ".join(f"{op} ({k})" for op, k in ops.most_common()))
+        if path.endswith("-fallback"):
+            causes: dict[str, list[str]] = {}
+            for n in miss:
+                causes.setdefault(_cause(res[n][1] or ""), []).append(n)
+            lines += ["", "By cause:", ""]
+            for cause, ns in sorted(causes.items(), key=lambda kv: -len(kv[1])):
+                by_op = Counter(_op_of(n) for n in ns)
+                lines.append(f"- {cause} ({len(ns)}): " + ", ".join(f"{op} ({k})" for op, k in by_op.most_common()))
         lines += ["", "<details><summary>cases and reasons</summary>", ""]
         lines += [f"- `{n}`: {res[n][1] or 'failed'}" for n in miss]
         lines += ["", "</details>"]
@@ -179,7 +258,7 @@ def write_doc(results: dict[str, dict[str, list]], total: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--paths", default="ort,lepton-onnx,tvm,lepton-tvm-cpu")
+    ap.add_argument("--paths", default="ort,lepton-onnx,tvm,lepton-tvm-cpu,lepton-tvm-cpu-fallback")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--limit", type=int, default=0, help="only the first N cases (smoke runs)")
     ap.add_argument("--fresh", nargs="?", const="*", default="",

@@ -5,10 +5,14 @@ stack exactly as users run it:
 
     from lepton.onnx_backend import backend_for
     Backend = backend_for("onnx", "canonicalize")      # or ("tvm-cpu", "canonicalize,fuse")
+    Strict = backend_for("tvm-cpu", "canonicalize", options={"fallback": False})   # backend options
     rep = Backend.prepare(model_proto)
     outputs = rep.run([x, y])
 
 Each compilation writes into a private temporary folder that lives as long as the returned rep.
+`options` are the Lepton backend's options, as `lepton.optimize(..., **options)` takes them (e.g.
+`fallback=False`: tvm-cpu fails where TVM cannot compile the whole model instead of running the
+rest on ONNX Runtime stages; the CLI's `--no-fallback`).
 
 Specialising on shape-determining inputs. Static compilers (TVM, like XLA) must know at compile
 time the values that fix shapes or name axes: Reshape's shape, Reduce*'s axes, Resize's sizes,
@@ -29,7 +33,7 @@ from __future__ import annotations
 
 import json
 import tempfile
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -97,6 +101,8 @@ class LeptonBackend(Backend):
     lepton_backend = "onnx"
     pipeline = "canonicalize"
     target: str | None = None
+    #: options of the Lepton backend (`lepton.optimize`'s keyword options, e.g. {"fallback": False})
+    backend_options: dict[str, Any] = {}
     #: specialise on shape-determining inputs when the Lepton backend asks for it (None: ask it)
     specialize_shape_inputs: bool | None = None
 
@@ -123,7 +129,7 @@ class LeptonBackend(Backend):
         tmp = tempfile.TemporaryDirectory(prefix="lepton-onnx-backend-")
         out = f"{tmp.name}/artifact"
         driver.optimize(model, passes=passes, backend=cls.lepton_backend, output=out, target=cls.target,
-                        reproducer_dir=None)
+                        reproducer_dir=None, **cls.backend_options)
         return runtime.load(out), tmp
 
     @classmethod
@@ -156,15 +162,26 @@ class LeptonBackend(Backend):
 
 
 def backend_for(backend: str = "onnx", pipeline: str = "canonicalize", target: str | None = None,
-                specialize_shape_inputs: bool | None = None) -> type[LeptonBackend]:
-    """A LeptonBackend subclass bound to a Lepton backend name and a pipeline.
+                specialize_shape_inputs: bool | None = None,
+                options: Mapping[str, Any] | None = None) -> type[LeptonBackend]:
+    """A LeptonBackend subclass bound to a Lepton backend name, a pipeline and backend options.
 
     `specialize_shape_inputs`: None (default) follows the backend's `needs_static_shape_values`;
     True/False forces lazy specialisation on shape-determining inputs on or off.
+    `options`: the Lepton backend's options (`lepton.optimize`'s keyword options, `_` or `-` in
+    names), e.g. `{"fallback": False}` for tvm-cpu without ONNX Runtime stages; checked here, so
+    an unknown option or a bad value fails at once rather than on the first `prepare()`.
     """
-    name = f"Lepton[{backend}|{pipeline}]"
+    opts = dict(options or {})
+    if opts:
+        from lepton_backends import get_backend
+
+        get_backend(backend)().parse_options({k.replace("_", "-"): v for k, v in opts.items()})
+    shown = ",".join(f"{k}={v}" for k, v in opts.items())
+    name = f"Lepton[{backend}|{pipeline}" + (f"|{shown}" if shown else "") + "]"
     return type(name, (LeptonBackend,), {"lepton_backend": backend, "pipeline": pipeline, "target": target,
-                                         "specialize_shape_inputs": specialize_shape_inputs})
+                                         "specialize_shape_inputs": specialize_shape_inputs,
+                                         "backend_options": opts})
 
 
 def run_node_case(backend: type[LeptonBackend], model: onnx.ModelProto, inputs: Sequence[Any]) -> list[Any]:
