@@ -96,6 +96,7 @@ class Fix:
     slot: Slot | None = None  # group: the data slot; reshape: the output slot
     axis: int = 0  # reshape: output axis; split: axis
     outs: list[Slot] = field(default_factory=list)  # split: one slot per output
+    piece: tuple | None = None  # reshape with a computed shape: (Concat node, input index) holding the dim
 
 
 @dataclass
@@ -239,8 +240,8 @@ class DepGraph:
 
     def _seed(self, n: Node) -> None:
         info = weight_info(n)
-        if info is None:
-            return
+        if info is None or constant_value(n.inputs[info.weight]) is None:
+            return  # MatMul of two activations: reached (heads) through its inputs, never seeded
         try:
             out = n.outputs[0]
             self.slot(out, info.act_axis)
@@ -328,6 +329,8 @@ class DepGraph:
             raise Frozen(f"{n.op_type} without a weight")
         x, w, out = n.inputs[info.data], n.inputs[info.weight], n.outputs[0]
         if constant_value(w) is None:
+            if info.kind == "matmul" and n.op_type == "MatMul":
+                return self._batched_matmul(n, s)
             raise Frozen(f"{n.op_type} with a non-constant weight")
         if id(w) in self._inputs:
             raise Frozen(f"{n.op_type} weight is an overridable initializer")
@@ -390,6 +393,22 @@ class DepGraph:
                 raise Frozen(f"{n.op_type} bias of shape {bd}")
         if not any(wu.node is n for wu in self.weights):
             self.weights.append(WeightUse(n, info.kind, so, sx, w, depthwise, _macs(n, info, wd)))
+
+    def _batched_matmul(self, n: Node, s: Slot) -> None:
+        """MatMul of two activations (attention): batch axes (heads) pass through."""
+        out = n.outputs[0]
+        ro = _rank(out)
+        kind, k = self._port(n, s)
+        oa = s.axis if kind == "out" else s.axis + ro - _rank(n.inputs[k])
+        if oa >= ro - 2 or oa < 0:
+            raise Frozen("MatMul with a non-constant weight contracts or mixes the channel axis")
+        so = self.slot(out, oa)
+        for x in n.inputs:
+            r = _rank(x)
+            a = oa - (ro - r)
+            if a < 0 or _dims(x)[a] == 1:
+                continue
+            self.link(self.slot(x, a), so)
 
     # -- summaries ----------------------------------------------------------------------------
     def root(self, e: int) -> int:
@@ -506,21 +525,57 @@ def _same_prod(xs: list, ys: list) -> bool:
     return _prod(d for d in xs if isinstance(d, int)) == _prod(d for d in ys if isinstance(d, int))
 
 
+def _shape_pieces(v: Value | None) -> list | None:
+    """A computed Reshape shape built as Concat of 1-element pieces (the exporter's
+    Shape -> Gather -> Unsqueeze -> Concat idiom): per output axis, (concat, index, constant or None)."""
+    p = v.producer() if v is not None else None
+    if p is None or p.op_type != "Concat" or p.domain not in _STD:
+        return None
+    out = []
+    for i, x in enumerate(p.inputs):
+        d = _dims(x)
+        if d != [1]:
+            return None
+        c = constant_value(x)
+        out.append((p, i, None if c is None else int(np.asarray(c).reshape(-1)[0])))
+    return out
+
+
+def _split_map(din: list, dout: list, a: int) -> int | None:
+    """Output axis b when input axis `a` is split into output axes b, b+1 (heads x head size)."""
+    for b in range(len(dout) - 1):
+        if (dout[:b] == din[:a] and dout[b + 2:] == din[a + 1:] and isinstance(dout[b], int)
+                and isinstance(dout[b + 1], int) and dout[b] * dout[b + 1] == din[a] and dout[b] > 1):
+            return b
+    return None
+
+
 def _r_reshape(dg: DepGraph, n: Node, s: Slot) -> None:
     x, out = n.inputs[0], n.outputs[0]
     din, dout = _dims(x), _dims(out)
     if din is None or dout is None:
         raise Frozen(f"{n.op_type} with unknown shapes")
+    pieces = None
+    shape = None
     if n.op_type == "Reshape":
-        shape = constant_value(n.inputs[1]) if len(n.inputs) > 1 else None
-        if shape is None:
-            raise Frozen("Reshape with a computed shape")
+        c = constant_value(n.inputs[1]) if len(n.inputs) > 1 else None
+        if c is not None:
+            shape = [int(v) for v in np.asarray(c).reshape(-1)]
+        else:
+            pieces = _shape_pieces(n.inputs[1])
+            if pieces is None:
+                raise Frozen("Reshape with a computed shape")
+    split = None
     if s.value is x:
         m = _merge_map(din, dout, s.axis)
         if m is None:
-            raise Frozen(f"{n.op_type} splits or moves the channel axis")
-        b, outer, inner = m
-        sx, so = s, dg.slot(out, b)
+            b = _split_map(din, dout, s.axis)
+            if b is None:
+                raise Frozen(f"{n.op_type} splits or moves the channel axis")
+            split = (s, dg.slot(out, b), dout[b + 1])
+        else:
+            b, outer, inner = m
+            sx, so = s, dg.slot(out, b)
     else:
         b = s.axis
         found = None
@@ -530,23 +585,45 @@ def _r_reshape(dg: DepGraph, n: Node, s: Slot) -> None:
                 found = (a, m[1], m[2])
                 break
         if found is None:
-            raise Frozen(f"{n.op_type} splits or moves the channel axis")
-        a, outer, inner = found
-        sx, so = dg.slot(x, a), s
-    C = sx.size
-    if outer * C * inner != so.size:
-        raise Frozen(f"{n.op_type} sizes do not match")
-    for o in range(outer):
-        for c in range(C):
-            base = (o * C + c) * inner
-            for j in range(inner):
-                dg.uf.union(int(sx.ids[c]), int(so.ids[base + j]))
+            for a in range(len(din)):
+                if _split_map(din, dout, a) == b:
+                    split = (dg.slot(x, a), s, dout[b + 1])
+                    break
+            if split is None:
+                raise Frozen(f"{n.op_type} splits or moves the channel axis")
+        else:
+            a, outer, inner = found
+            sx, so = dg.slot(x, a), s
+    if split is not None:  # whole heads: in[h * D + d] ~ out_heads[h]
+        sx, so, D = split
+        if n.op_type != "Reshape":
+            raise Frozen(f"{n.op_type} splits the channel axis")
+        for h in range(so.size):
+            for d in range(D):
+                dg.uf.union(int(sx.ids[h * D + d]), int(so.ids[h]))
+    else:
+        C = sx.size
+        if outer * C * inner != so.size:
+            raise Frozen(f"{n.op_type} sizes do not match")
+        for o in range(outer):
+            for c in range(C):
+                base = (o * C + c) * inner
+                for j in range(inner):
+                    dg.uf.union(int(sx.ids[c]), int(so.ids[base + j]))
     if n.op_type == "Reshape":
-        shape = [int(v) for v in np.asarray(constant_value(n.inputs[1])).reshape(-1)]
-        if b < len(shape) and shape[b] == 0 and not (inner == 1 and outer == 1 and sx.axis == b):
-            raise Frozen("Reshape copies the channel dim (0) from another axis")
+        if shape is not None:
+            if b < len(shape) and shape[b] == 0 and not (split is None and inner == 1 and outer == 1
+                                                         and sx.axis == b):
+                raise Frozen("Reshape copies the channel dim (0) from another axis")
+            piece = None
+        else:
+            if b >= len(pieces) or pieces[b][2] is None:
+                raise Frozen("Reshape's channel dim is computed")
+            if pieces[b][2] == 0 and not (split is None and inner == 1 and outer == 1 and sx.axis == b):
+                raise Frozen("Reshape copies the channel dim (0) from another axis")
+            piece = pieces[b][:2]
         if not any(f.kind == "reshape" and f.node is n for f in dg.fixes):
-            dg.fixes.append(Fix("reshape", n, so, b))
+            dg.fixes.append(Fix("reshape", n, so, b, piece=piece))
 
 
 def _r_expand(dg: DepGraph, n: Node, s: Slot) -> None:
@@ -623,6 +700,10 @@ def _r_layernorm(dg: DepGraph, n: Node, s: Slot) -> None:
     x, out = n.inputs[0], n.outputs[0]
     r = _rank(x)
     axis = int(n.attr("axis", -1)) % r
+    if s.value is not x and s.value is not out:  # the slot is on the scale or bias
+        if _rank(s.value) != 1 or axis != r - 1:
+            raise Frozen("LayerNormalization parameter")
+        s = dg.slot(out, axis)
     if s.axis < axis:
         dg.link(dg.slot(x, s.axis), dg.slot(out, s.axis))
         return
@@ -744,6 +825,20 @@ def _r_constant(dg: DepGraph, n: Node, s: Slot) -> None:
         raise Frozen("Constant that is not a dense tensor")
 
 
+def _r_shape(dg: DepGraph, n: Node, s: Slot) -> None:
+    """Shape is fine when only other dims are read from it (Gather of a constant index)."""
+    out = n.outputs[0]
+    if out.is_graph_output() or "start" in n.attrs or "end" in n.attrs:
+        raise Frozen("Shape reads the channel count")
+    for u in out.users():
+        if u.op_type != "Gather" or int(u.attr("axis", 0)) != 0 or u.inputs[0] is not out:
+            raise Frozen("Shape reads the channel count")
+        idx = constant_value(u.inputs[1])
+        r = _rank(s.value)
+        if idx is None or any(int(i) % r == s.axis for i in np.asarray(idx).reshape(-1)):
+            raise Frozen("Shape reads the channel count")
+
+
 def _r_mixing(dg: DepGraph, n: Node, s: Slot) -> None:
     raise Frozen(f"{n.op_type} reads the channel count or mixes channels")
 
@@ -757,5 +852,5 @@ _RULES: dict[str, Callable[[DepGraph, Node, Slot], None]] = {
     "ReduceProd": _r_reduce, "ReduceL2": _r_reduce, "ReduceL1": _r_reduce, "ReduceSumSquare": _r_reduce,
     "ReduceLogSumExp": _r_reduce,
     "Gather": _r_gather, "Slice": _r_slice,
-    "Constant": _r_constant, "Shape": _r_mixing, "Size": _r_mixing, "Expand": _r_expand, "Tile": _r_mixing,
+    "Constant": _r_constant, "Shape": _r_shape, "Size": _r_mixing, "Expand": _r_expand, "Tile": _r_mixing,
 }

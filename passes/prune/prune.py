@@ -207,6 +207,12 @@ def apply_plan(model: Model, plan: Plan) -> dict:
             kept = len(plan.keep(f.slot))
             if kept == f.slot.size:
                 continue
+            if f.piece is not None:  # a computed shape: rewrite its constant piece
+                cat, i = f.piece
+                old = np.asarray(constant_value(cat.inputs[i]))
+                if int(old.reshape(-1)[0]) > 0:
+                    _set_private_constant(model, cat, i, np.full(old.shape, kept, old.dtype), arrays, replaced)
+                continue
             shape = np.asarray(constant_value(n.inputs[1]), dtype=np.int64).reshape(-1).copy()
             if f.axis < len(shape) and shape[f.axis] > 0:
                 shape[f.axis] = kept

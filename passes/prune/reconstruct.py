@@ -213,6 +213,9 @@ class Reconstruct(Pass):
                                                          "bias compensation only"})
     ridge: float = field(default=1e-2, metadata={"help": "ridge strength, relative to mean diag(X^T X)"})
     max_rows: int = field(default=20000, metadata={"help": "rows (output positions) per layer"})
+    min_rows: float = field(default=4.0, metadata={
+        "help": "refit a layer only with at least this many rows per weight column (else bias compensation: "
+                "a refit on too few samples overfits them)"})
     layers: Literal["pruned", "all"] = field(default="pruned", metadata={
         "help": "refit the layers whose inputs were pruned, or every refittable layer after the first"})
     progress: bool = field(default=False, metadata={"help": "one line per layer on stderr"})
@@ -307,7 +310,12 @@ class Reconstruct(Pass):
                 count += X.shape[0]
             if count == 0:
                 continue
-            if self.refit:
+            refit = self.refit and count >= self.min_rows * m.shape[0]
+            if self.refit and not refit:  # too few rows: the bias is all that can be fit reliably
+                xa_mean = xtx[-1, :-1] / count
+                y_mean = xty[-1] / count
+                sum_res = (y_mean - xa_mean @ m - bias0) * count
+            if refit:
                 k = m.shape[0]
                 lam = self.ridge * float(np.mean(np.diag(xtx)[:k])) + 1e-12
                 reg = np.zeros_like(xtx)
@@ -322,7 +330,8 @@ class Reconstruct(Pass):
                 replace_constants(model, changes)
                 changed = True
             if self.progress:
-                print(f"reconstruct: {n.outputs[0].name} ({n.op_type}, {count} rows)", file=sys.stderr)
+                print(f"reconstruct: {n.outputs[0].name} ({n.op_type}, {count} rows, "
+                      f"{'refit' if refit else 'bias'})", file=sys.stderr)
         rec["reconstructed"] = {"refit": self.refit, "layers": [n.outputs[0].name for n in todo]}
         model.metadata_props[PRUNE_KEY] = json.dumps(rec, separators=(",", ":"))
         model.graph.meta.pop(ORIGINAL_KEY, None)

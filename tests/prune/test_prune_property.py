@@ -67,5 +67,7 @@ def test_ratio_zero_is_identity(proto):
 
 def test_harness_properties(tmp_path):
     # verify, onnx.checker, ORT runs with the same output names/dtypes/shapes, text round trip
-    check_pass("prune{ratio=0.5,multiple=1}", bias=BIAS, save_dir=tmp_path)
-    check_pass("prune{macs=0.6,multiple=1,importance=l2}", pattern="conv-bn", save_dir=tmp_path)
+    check_pass("prune{ratio=0.5,multiple=1}", strategy=onnx_models(bias=BIAS, min_nodes=3, max_nodes=16)
+               .map(with_consumers), save_dir=tmp_path)
+    check_pass("prune{macs=0.6,multiple=1,importance=l2}",
+               strategy=pattern_models("conv-bn", bias={"Conv": 6.0}).map(with_consumers), save_dir=tmp_path)

@@ -109,3 +109,23 @@ def test_pruned_digits_compiles_and_runs_on_tvm(digits, tmp_path):
     outs = lepton.load(tmp_path / "art").run(feed)
     ref = run_ort(str(src), feed)[0]
     np.testing.assert_allclose(next(iter(outs.values())), ref, rtol=1e-3, atol=1e-4)
+
+
+def test_minilm_heads_and_ffn_removal_equals_masking():
+    """Whole attention heads (Q/K/V columns, the computed head Reshape constants, O rows) and FFN
+    neurons: removal computes what masking does (the hidden width reaches the outputs: frozen)."""
+    from prune_helpers import prune_vs_mask
+
+    try:
+        path = corpus.real_model_path("minilm-l3")
+        feeds = corpus.realistic_inputs("minilm-l3")
+    except corpus.ModelNotFetchedError as e:
+        pytest.skip(str(e))
+    m = lepton_ir.load(str(path))
+    pruned, rec = prune_vs_mask(m, feeds, ratio=0.25, multiple=1)
+    shapes = {tuple(v.const.shape) for v in pruned.graph.initializers.values() if v.const is not None}
+    assert (384, 288) in shapes and (288, 384) in shapes  # 9 of 12 heads of 32 (Q/K/V in, O out)
+    assert (384, 1152) in shapes and (1152, 384) in shapes  # FFN 1536 -> 1152
+    heads = [n for n in pruned.graph if n.op_type == "Reshape" and n.outputs[0].shape is not None
+             and len(n.outputs[0].shape) == 4]
+    assert heads and all(n.outputs[0].shape[2] == 9 for n in heads)
