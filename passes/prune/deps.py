@@ -496,12 +496,13 @@ def _merge_map(din: list, dout: list, a: int) -> tuple[int, int, int] | None:
     C = din[a]
     if not isinstance(C, int) or C <= 0:
         return None
-    sym_in = sorted(str(d) for d in din[:a] if not isinstance(d, int))
+    same = _one_symbol(din, dout)
+    sym_in = sorted(same.get(str(d), str(d)) for d in din[:a] if not isinstance(d, int))
     pre_in = _prod(d for d in din[:a] if isinstance(d, int))
     for b in range(len(dout)):
         if not isinstance(dout[b], int):
             continue
-        if sorted(str(d) for d in dout[:b] if not isinstance(d, int)) != sym_in:
+        if sorted(same.get(str(d), str(d)) for d in dout[:b] if not isinstance(d, int)) != sym_in:
             continue
         pre_out = _prod(d for d in dout[:b] if isinstance(d, int))
         inner, u = 1, a + 1
@@ -529,6 +530,8 @@ def _shape_pieces(v: Value | None) -> list | None:
     """A computed Reshape shape built as Concat of 1-element pieces (the exporter's
     Shape -> Gather -> Unsqueeze -> Concat idiom): per output axis, (concat, index, constant or None)."""
     p = v.producer() if v is not None else None
+    while p is not None and p.op_type == "Cast" and p.domain in _STD:  # tf2onnx casts the shape
+        p = p.inputs[0].producer()
     if p is None or p.op_type != "Concat" or p.domain not in _STD:
         return None
     out = []
@@ -541,8 +544,22 @@ def _shape_pieces(v: Value | None) -> list | None:
     return out
 
 
+def _one_symbol(din: list, dout: list) -> dict[str, str]:
+    """Reshape often names its output's unknown dim afresh: with one symbol on each side and the
+    same static element count, the two are the same size."""
+    si = [str(d) for d in din if not isinstance(d, int)]
+    so = [str(d) for d in dout if not isinstance(d, int)]
+    if len(si) == 1 and len(so) == 1 and si != so and \
+            _prod(d for d in din if isinstance(d, int)) == _prod(d for d in dout if isinstance(d, int)):
+        return {so[0]: si[0]}
+    return {}
+
+
 def _split_map(din: list, dout: list, a: int) -> int | None:
     """Output axis b when input axis `a` is split into output axes b, b+1 (heads x head size)."""
+    same = _one_symbol(din, dout)
+    dout = [same.get(str(d), d) if not isinstance(d, int) else d for d in dout]
+    din = [str(d) if not isinstance(d, int) else d for d in din]
     for b in range(len(dout) - 1):
         if (dout[:b] == din[:a] and dout[b + 2:] == din[a + 1:] and isinstance(dout[b], int)
                 and isinstance(dout[b + 1], int) and dout[b] * dout[b + 1] == din[a] and dout[b] > 1):
@@ -629,8 +646,11 @@ def _r_reshape(dg: DepGraph, n: Node, s: Slot) -> None:
 def _r_expand(dg: DepGraph, n: Node, s: Slot) -> None:
     x, out = n.inputs[0], n.outputs[0]
     din, dout = _dims(x), _dims(out)
-    if din is None or dout is None or constant_value(n.inputs[1]) is None:
-        raise Frozen("Expand with unknown or computed shapes")
+    if din is None or dout is None:
+        raise Frozen("Expand with unknown shapes")
+    pieces = None if constant_value(n.inputs[1]) is not None else _shape_pieces(n.inputs[1])
+    if constant_value(n.inputs[1]) is None and pieces is None:
+        raise Frozen("Expand with a computed shape")
     r, ro = len(din), len(dout)
     if s.value is x:
         ia, oa = s.axis, s.axis + ro - r
@@ -641,6 +661,13 @@ def _r_expand(dg: DepGraph, n: Node, s: Slot) -> None:
     if din[ia] != dout[oa]:
         raise Frozen("Expand broadcasts the channel axis")
     dg.link(dg.slot(x, ia), dg.slot(out, oa))
+    if pieces is not None:
+        k = oa - (ro - len(pieces))
+        if k >= 0 and pieces[k][2] is None:
+            raise Frozen("Expand's channel dim is computed")
+        if k >= 0 and pieces[k][2] != 1 and not any(f.kind == "reshape" and f.node is n for f in dg.fixes):
+            dg.fixes.append(Fix("reshape", n, dg.slot(out, oa), k, piece=pieces[k][:2]))
+        return
     shape = [int(v) for v in np.asarray(constant_value(n.inputs[1])).reshape(-1)]
     k = oa - (ro - len(shape))
     if k >= 0 and shape[k] not in (1,) and not any(f.kind == "reshape" and f.node is n for f in dg.fixes):
