@@ -142,6 +142,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-instrument", action="store_true", help="no coverage instrumentation (faster, blind)")
     ap.add_argument("--json", type=Path, help="write the figures of every target here")
     ap.add_argument("--list", action="store_true", help="list the targets")
+    ap.add_argument("--differential", action="store_true",
+                    help="differential fuzzing instead: random models through each pipeline x backend against "
+                         "ONNX Runtime (--seconds per combination; tests/fuzz/differential.py)")
+    ap.add_argument("--pipelines", default="canonicalize,fuse,quant8,fp16,legalize",
+                    help="--differential: pipelines (comma-separated)")
+    ap.add_argument("--backends", default="onnx,tvm-cpu", help="--differential: backends (comma-separated)")
     ap.add_argument("--_child", help=argparse.SUPPRESS)
     ap.add_argument("--_result", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -151,6 +157,14 @@ def main(argv: list[str] | None = None) -> int:
         for n, t in T.TARGETS.items():
             print(f"{n:12s} {t.doc}")
         return 0
+    if args.differential:
+        import differential as D
+
+        res = [D.fuzz_combo(p, b, args.seconds) for p in args.pipelines.split(",") for b in args.backends.split(",")]
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(res, indent=2))
+        return 1 if any(r["mismatches"] for r in res) else 0
     if args._child:
         # libFuzzer reads sys.argv for its flags: keep ours out of its sight.
         sys.argv = sys.argv[:1]

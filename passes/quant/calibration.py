@@ -248,7 +248,8 @@ def load_samples(model: Model, calib: str, batch: int = 1, limit: int = 0
                     chunk = a[i:min(i + batch, n)]
                     # An array of [S, 1, C, H, W] holds samples that already carry a batch axis.
                     if ranks[k] is not None and chunk.ndim == ranks[k] + 1:
-                        chunk = chunk.reshape((-1,) + chunk.shape[2:])
+                        # Explicit size: -1 cannot be inferred when another axis is 0 (fuzzed file).
+                        chunk = chunk.reshape((chunk.shape[0] * chunk.shape[1],) + chunk.shape[2:])
                     feed[k] = chunk
                 yield _check_feed(feed, inputs, f"calibration file {calib} (samples {i}..{min(i + batch, n) - 1})")
 

@@ -275,6 +275,8 @@ def test_npy_calibration_file_for_a_single_input_model(tmp_path: Path) -> None:
     ({"x": np.ones((2, 1, 4), np.float64)}, "is float64, the model wants float32"),
     ({"x": np.ones((2, 1, 5), np.float32)}, "has shape [1, 5], the model wants ['?', 4]"),
     ({"x": np.float32(1.0)}, "is a scalar"),
+    # samples that carry their own batch axis and an empty one: was ValueError from reshape(-1, 0)
+    ({"x": np.ones((2, 1, 0), np.float32)}, "has shape [1, 0], the model wants ['?', 4]"),
 ])
 def test_calibration_arrays_that_do_not_fit_the_model(tmp_path: Path, arrays: dict, expect: str) -> None:
     """Were ONNX Runtime errors (multi-line InvalidArgument) in the middle of calibrating."""
