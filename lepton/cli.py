@@ -31,7 +31,10 @@ def _interrupted_while_starting(signum: int, frame: Any) -> None:
     os._exit(130)
 
 
-if os.path.basename(sys.argv[0]) in ("lepton-opt", "lepton-run"):  # the console scripts, not `import lepton.cli`
+#: Running as the `lepton-opt` / `lepton-run` console script (not `import lepton.cli` in a program).
+_CONSOLE_SCRIPT = os.path.basename(sys.argv[0]) in ("lepton-opt", "lepton-run")
+
+if _CONSOLE_SCRIPT:
     import signal as _signal
     import threading as _threading
 
@@ -94,17 +97,21 @@ class _Interrupts:
     into a RuntimeError, which the backend could take for "TVM cannot compile this" and fall back
     on), so the handler also records it: the publish hook (`lepton_backends.base.PUBLISH_HOOKS`,
     run right before an artifact or .onnx file is published) then refuses to publish, and `_guard`
-    reports whatever error came out as the interruption it is. Once the output is published there
-    is nothing left to stop: a later Ctrl-C is ignored (the command finishes, exit 0).
+    reports whatever error came out as the interruption it is. Once the output is committed (the
+    publish hook passed) there is nothing left to stop: a later Ctrl-C only says so (`late`) and the
+    command finishes (exit 0); a console script ignores Ctrl-C from then on, interpreter teardown
+    included (Python would otherwise die of the signal there, exit -2).
     """
 
     def __init__(self) -> None:
         self.hit = False
         self.committed = False
+        self.late = False
         self._old: Any = None
 
     def _handler(self, signum: int, frame: Any) -> None:
         if self.committed:
+            self.late = True
             return
         self.hit = True
         raise KeyboardInterrupt
@@ -133,7 +140,10 @@ class _Interrupts:
         if self.before_publish in PUBLISH_HOOKS:
             PUBLISH_HOOKS.remove(self.before_publish)
         if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+            if self.committed and _CONSOLE_SCRIPT:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)  # done: nothing to interrupt any more
+            else:
+                signal.signal(signal.SIGINT, self._old)
 
 
 def _guard(prog: str, body: Callable[[], int]) -> int:
@@ -155,7 +165,10 @@ def _guard(prog: str, body: Callable[[], int]) -> int:
     try:
         with interrupts:
             try:
-                return body()
+                code = body()
+                if interrupts.late:
+                    print(f"{prog}: interrupted after the output was published (it is complete)", file=sys.stderr)
+                return code
             except BaseException:
                 if interrupts.hit:  # whatever a runtime made of the KeyboardInterrupt
                     raise KeyboardInterrupt from None

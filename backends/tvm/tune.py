@@ -408,7 +408,7 @@ def _progress_callback(total: int, n_tasks: int, names: list[str], state: dict, 
             done = state["trials"]
             el = time.perf_counter() - state["t0"]
             eta = el / done * max(total - done, 0) if done else 0.0
-            if log:
+            if log and not os.environ.get("LEPTON_NO_PROGRESS"):  # `lepton-opt --quiet`
                 name = names[int(task_id)] if 0 <= int(task_id) < len(names) else str(task_id)
                 log(f"tuning: {done}/{total} trials, kernel {len(state['tasks_seen'])}/{n_tasks} ({name}), "
                     f"{_fmt_s(el)} elapsed, ETA {_fmt_s(eta)}")
