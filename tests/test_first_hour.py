@@ -276,7 +276,7 @@ def test_ctrl_c_at_random_points_of_a_tvm_compile(tmp_path: Path) -> None:
     ({"image": np.zeros((4, 1, 9, 8), np.float32)}, "array for input 'image' has shape [1, 1, 9, 8], the model wants"),
     ({"image": np.zeros((4, 1, 8, 8), np.float64)}, "array for input 'image' is float64, the model wants float32"),
     ({"x": np.zeros((4, 1, 8, 8), np.float32), "y": np.zeros((4,), np.float32)},
-     "no array for model input 'image' (has ['x', 'y'])"),
+     "no array for model input 'image' (has ['x', 'y']); the input wants float32 [?, 1, 8, 8]"),
 ])
 def test_bad_calibration_file_is_one_line_and_no_reproducer(arrays, needle, tmp_path: Path) -> None:
     calib = tmp_path / "calib.npz"

@@ -231,7 +231,8 @@ def load_samples(model: Model, calib: str, batch: int = 1, limit: int = 0
             elif len(names) == 1 and len(keys) == 1:
                 arrays[nm] = data[keys[0]]
             else:
-                raise PassError(f"calibration file {calib}: no array for model input {nm!r} (has {keys})")
+                raise PassError(f"calibration file {calib}: no array for model input {nm!r} (has {keys}); "
+                                f"the input wants {_wants(inputs, nm)}")
         for nm, a in arrays.items():
             if a.ndim == 0:
                 raise PassError(f"calibration file {calib}: array for {nm!r} is a scalar; its first axis must "
@@ -275,7 +276,8 @@ def load_samples(model: Model, calib: str, batch: int = 1, limit: int = 0
                     else:
                         missing = [k for k in names if k not in d]
                         if missing:
-                            raise PassError(f"{p}: no array for model input {missing[0]!r} (has {keys})")
+                            raise PassError(f"{p}: no array for model input {missing[0]!r} (has {keys}); "
+                                            f"the input wants {_wants(inputs, missing[0])}")
                         feed = {k: _fit_sample(d[k], ranks[k]) for k in names}
                 yield _check_feed(feed, inputs, str(p))
 
@@ -465,6 +467,22 @@ def ort_session_with_outputs(model: Model, values: Sequence[Value], threads: int
     # Basic optimizations only: fusions must not change the intermediate values we read.
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     return ort_session(proto, options=so)
+
+
+def _wants(inputs: Sequence[Value], name: str) -> str:
+    """`float32 [?, 1, 8, 8]`: what model input `name` takes (for error messages)."""
+    v = next((x for x in inputs if x.name == name), None)
+    if v is None or v.type is None:
+        return "an array"
+    dt = getattr(v, "dtype", None)
+    try:
+        dts = np.dtype(dt.numpy()).name if dt is not None else "?"
+    except Exception:
+        dts = str(dt)
+    shape = v.shape
+    dims = "[" + ", ".join(str(d) if isinstance(d, int) else "?" for d in shape.dims) + "]" if shape is not None \
+        else "any shape"
+    return f"{dts} {dims}"
 
 
 def _symbolic_dims(model: Model) -> dict[str, list[object]]:
