@@ -9,7 +9,7 @@
 
 What was removed is recorded in ``model.metadata_props["lepton.prune"]`` (JSON, see
 `PRUNE_KEY`), and the original model (ONNX proto) is kept in ``model.graph.meta`` under
-`ORIGINAL_KEY` for `reconstruct`, which deletes it when done.
+`ORIGINAL_KEY` for the recovery passes (`reconstruct`, `distill`) of the same pipeline.
 """
 
 from __future__ import annotations

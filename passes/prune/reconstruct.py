@@ -334,7 +334,7 @@ class Reconstruct(Pass):
                       f"{'refit' if refit else 'bias'})", file=sys.stderr)
         rec["reconstructed"] = {"refit": self.refit, "layers": [n.outputs[0].name for n in todo]}
         model.metadata_props[PRUNE_KEY] = json.dumps(rec, separators=(",", ":"))
-        model.graph.meta.pop(ORIGINAL_KEY, None)
+        # the original stays in graph.meta: a later pass (distill's teacher) reads it too
         model.verify()
         return True or changed
 
