@@ -279,3 +279,30 @@ def test_decomposed_layernorm_mean_is_rescaled():
     np.testing.assert_allclose(y, (h - h.mean(1, keepdims=True)) @ w2, rtol=1e-5, atol=1e-5)
     q = copy(m)
     assert not Prune(ratio=0.5, multiple=1, prune_layernorm=False).run(q)
+
+
+def test_attention_whole_heads():
+    # 2 heads of 4 over an 8-wide hidden state: Q with the exporters' computed head shape, K/V constant
+    m = model("(%x: f32[1,4,8]) -> (%y)", [
+        const("win", [8, 8], 9), const("wq", [8, 8], 1), const("wk", [8, 8], 2), const("wv", [8, 8], 3),
+        const("bq", [8], 4), const("wo", [8, 8], 5), const("wout", [8, 3], 6),
+        ints("hs", [1, 4, 2, 4]), ints("ms", [1, 4, 8]), ints("i0", [0]), ints("i1", [1]),
+        ints("nh", [2]), ints("hd", [4]), ints("ax0", [0]),
+        "  %h = MatMul(%x, %win)",
+        "  %q0 = MatMul(%h, %wq)", "  %q = Add(%q0, %bq)",
+        "  %k = MatMul(%h, %wk)", "  %v = MatMul(%h, %wv)",
+        "  %sh = Shape(%q)", "  %g0 = Gather(%sh, %i0) {axis=0}", "  %g1 = Gather(%sh, %i1) {axis=0}",
+        "  %qs = Concat(%g0, %g1, %nh, %hd) {axis=0}",
+        "  %q4 = Reshape(%q, %qs)", "  %k4 = Reshape(%k, %hs)", "  %v4 = Reshape(%v, %hs)",
+        "  %qt = Transpose(%q4) {perm=[0, 2, 1, 3]}", "  %kt = Transpose(%k4) {perm=[0, 2, 3, 1]}",
+        "  %vt = Transpose(%v4) {perm=[0, 2, 1, 3]}",
+        "  %s = MatMul(%qt, %kt)", "  %p = Softmax(%s) {axis=-1}",
+        "  %c = MatMul(%p, %vt)", "  %ct = Transpose(%c) {perm=[0, 2, 1, 3]}",
+        "  %cm = Reshape(%ct, %ms)",
+        "  %o = MatMul(%cm, %wo)", "  %r = Relu(%o)",
+        "  %y = MatMul(%r, %wout)",
+    ], "%y")
+    pruned, _ = prune_vs_mask(m, ratio=0.5)
+    assert dims(pruned, "q4") == [1, 4, 1, 4] and dims(pruned, "wq")[1] == 4 and dims(pruned, "bq") == [4]
+    assert dims(pruned, "cm") == [1, 4, 4] and dims(pruned, "wo")[0] == 4
+    assert dims(pruned, "s")[1] == 1  # one head left
