@@ -203,3 +203,26 @@ def test_profile_measures_once_then_reuses(tmp_path, capsys, monkeypatch):
     # The call overhead (the x+1 model) is subtracted from every node and kept apart.
     assert p1.edge_call_ms == 0.5 and p1.edge_ms[0] == pytest.approx(1.5)
     assert "split: profiling edge [1/8] node 0 Conv" in capsys.readouterr().err
+
+
+def test_default_pipeline_on_a_symbolic_model(tmp_path, monkeypatch):
+    """The driver's path: canonicalize,fuse on the symbolic model, then the backend pins the batch
+    (fused ops lowered, pinned, fused again) and profiles; timers faked (no device)."""
+    import lepton_backends.split as split
+
+    monkeypatch.setenv("LEPTON_PROFILE_CACHE", str(tmp_path / "p"))
+    monkeypatch.setenv("LEPTON_NO_PROGRESS", "1")
+    monkeypatch.setattr(split.EdgeTimer, "time", lambda self, m, f: {"ms": 0.5 if m.graph.first().domain else 0.01})
+    monkeypatch.setattr(split.CloudTimer, "time", lambda self, m, f: {"ms": 0.01})
+    out = tmp_path / "o"
+    with pytest.warns(UserWarning, match="symbolic input dims set to 1"):
+        lepton.optimize(corpus.digits_model_path(), backend="split", output=out, bandwidth="1gbit", rtt="0.1ms")
+    man = json.loads((out / "manifest.json").read_text())
+    plan = man["extra"]["split"]
+    assert plan["chosen"] == "cloud-only" and "edge-only" in plan["cuts"]
+    assert man["stages"][0]["dir"] == "cuts/cloud-only/cloud"
+    x = random_inputs(lepton_ir.load(corpus.digits_model_path()), seed=0)
+    x = {"image": x["image"][:1]}
+    got = lepton.load(out / "cuts/cloud-only/cloud").run(x)
+    ref = run_ort(corpus.digits_model_path(), x)
+    np.testing.assert_allclose(got["logits"], ref["logits"] if isinstance(ref, dict) else ref[0], rtol=1e-4, atol=1e-4)
