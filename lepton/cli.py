@@ -412,8 +412,8 @@ def _opt(args: argparse.Namespace) -> int:
 
     instruments: list[Any] = []
     if args.print_ir_after_all or args.print_ir_after_change:
-        instruments.append(PrintIRInstrument(sys.stderr, only_changed=not args.print_ir_after_all))
-    timing = TimingInstrument(sys.stderr) if args.time_passes else None
+        instruments.append(PrintIRInstrument(_STDERR, only_changed=not args.print_ir_after_all))
+    timing = TimingInstrument(_STDERR) if args.time_passes else None
     if timing is not None:
         instruments.append(timing)
     repro = args.reproducer_dir or tempfile.gettempdir()
@@ -429,6 +429,20 @@ def _opt(args: argparse.Namespace) -> int:
     if result.report_file is not None:
         print(f"wrote report {result.report_file}: {result.report_summary}")
     return EXIT_OK
+
+
+class _LateStderr:
+    """Writes to whatever `sys.stderr` is when it writes: instruments made before
+    `_hold_tool_output` swaps the stream still reach the terminal (not the hidden fd 2)."""
+
+    def write(self, s: str) -> int:
+        return sys.stderr.write(s)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+_STDERR = _LateStderr()
 
 
 def _size(n: int) -> str:

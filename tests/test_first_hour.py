@@ -578,3 +578,12 @@ def test_fp16_leaves_an_already_quantized_model_alone(tmp_path: Path) -> None:
         r = lepton.optimize(str(DIGITS), passes=f"quant8{{calib={calib},progress=false}},fp16", check=True,
                             check_inputs={"image": corpus.digits_dataset("test")[0][:4]})
     assert not any(v.dtype is not None and v.dtype.name == "FLOAT16" for n in r.model.graph for v in n.outputs)
+
+
+def test_print_ir_and_timing_still_reach_stderr_while_tool_output_is_held(tmp_path: Path) -> None:
+    """The instruments are made before fd 2 is redirected: they must still write to the terminal."""
+    r = run_cli("lepton-opt", str(DIGITS), "--passes", "fuse", "--print-ir-after-all", "--time-passes",
+                "--backend", "tvm-cpu", "-o", str(tmp_path / "a"))
+    assert r.returncode == 0, r.stderr
+    assert "// ----- IR after fuse -----" in r.stderr and "===- pass timing -===" in r.stderr
+    assert "// ----- IR after lower-fused-to-standard -----" in r.stderr  # the backend's lowering too
