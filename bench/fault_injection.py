@@ -250,6 +250,7 @@ def fault_artifact(writer: str, points: int, seed: int = 0, log=print) -> dict[s
 #: Prints "ok i" after each commit returns (an acknowledged record must survive any kill).
 _DB_WRITER = r"""
 import sys
+import time
 from pathlib import Path
 import tvm
 from tvm import te
@@ -270,6 +271,7 @@ with database_lock(db_dir, exclusive=True):
     for i in range(n):
         db.commit_tuning_record(ms.database.TuningRecord(trace, wl, [tag + i], target, args))
         print("ok", i, flush=True)
+        time.sleep(0.005)  # tune() commits after each measured batch (seconds apart), not in a burst
 """
 
 
@@ -296,21 +298,30 @@ def fault_tuning_db(points: int, seed: int = 0, per_writer: int = 30, log=print)
         db_dir.mkdir()
         t0 = time.monotonic()
         p = _db_writer(db_dir, 0.0, per_writer)
-        out, _ = p.communicate(timeout=600)
+        p.communicate(timeout=600)
         duration = time.monotonic() - t0
-        start_at = duration * 0.5  # rough start-up share (TVM import): kills land after it mostly
         acked: set[float] = {float(i) for i in range(per_writer)}
         for k in range(points):
             tag = 1000.0 * (k + 1)
             p = _db_writer(db_dir, tag, per_writer)
-            delay = rng.uniform(start_at * 0.8, duration * 1.05)
-            time.sleep(delay)
+            # Kill right after the writer acknowledged a random commit (plus up to 2 ms), so the
+            # kill lands in the middle of the commit sequence rather than in TVM's start-up.
+            k_at = rng.randrange(-1, per_writer - 1)
+            got: list[int] = []
+            assert p.stdout is not None
+            for line in p.stdout:
+                w = line.split()
+                if w and w[0] == "ok":
+                    got.append(int(w[1]))
+                if (k_at < 0 and w == ["start"]) or (got and got[-1] >= k_at >= 0):
+                    break
+            time.sleep(rng.uniform(0, 0.002))
             _kill_group(p)
-            lines = (p.stdout.read() if p.stdout else "").split()
-            got = [int(lines[j + 1]) for j in range(len(lines) - 1) if lines[j] == "ok"]
+            rest = p.stdout.read().split()
+            got += [int(rest[j + 1]) for j in range(len(rest) - 1) if rest[j] == "ok"]
             acked |= {tag + i for i in got}
             res["kill_points"] += 1
-            res["in_write"] += 0 < len(got) < per_writer
+            res["in_write"] += len(got) < per_writer  # killed before its last commit
             try:
                 have = set(db_records(db_dir))
             except Exception as e:  # noqa: BLE001 - a database that does not load is corrupt

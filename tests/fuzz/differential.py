@@ -110,8 +110,13 @@ def fuzz_combo(pipeline: str, backend: str, seconds: float, log=print) -> dict[s
         d = CORPUS / "differential" / f"{re.sub('[^a-z0-9-]', '_', pipeline)}-{backend}"
         d.mkdir(parents=True, exist_ok=True)
         (d / "model.onnx").write_bytes(last["proto"].SerializeToString())
+        from lepton_ir.testing.strategies import inputs_for
+
+        np.savez(d / "inputs.npz", **inputs_for(last["proto"], last["seed"]))  # the inputs compared
+        tol = re.search(r"\(rtol ([^,]+), atol ([^)]+)\)", last["error"])
+        tol_args = f" --rtol {tol.group(1)} --atol {tol.group(2)}" if tol else ""
         cmd = (f"lepton-opt {d / 'model.onnx'} --passes '{pipeline}' --backend {backend} -o /tmp/out && "
-               f"lepton-run /tmp/out --compare {d / 'model.onnx'} --seed {last['seed']}")
+               f"lepton-run /tmp/out --inputs {d / 'inputs.npz'} --compare {d / 'model.onnx'}{tol_args}")
         (d / "README.txt").write_text(f"{pipeline} x {backend}: {last['error']}\n\nReproduce:\n  {cmd}\n")
         counts["reproducer"], counts["error"] = str(d), last["error"]
     counts["seconds"] = round(time.monotonic() - t0, 1)
