@@ -87,6 +87,12 @@ def fuzz_one(name: str, seconds: float, save_dir: Path, instrument: bool, result
             print(f"  {b['count']:6d} x {key}: {b['error']} -> {b['reproducer']}", flush=True)
         if result_path is not None:
             result_path.write_text(json.dumps(res, indent=2))
+        # os._exit skips atexit (libFuzzer owns the process): remove the scratch folders here.
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+        if T._WORK is not None:
+            shutil.rmtree(T._WORK, ignore_errors=True)
         os._exit(exit_code)
 
     def watchdog() -> None:
