@@ -131,6 +131,11 @@ class TvmCapability:
         if hit is not None:
             return Verdict(bool(hit[0]), hit[1].replace("{node}", _label(node)))
         verdict = self._trial(proto, node, reads, outs, values)
+        # TVM turns a Ctrl-C during a compile into a RuntimeError, which would read as a refusal:
+        # the CLI's interrupt check raises here first, so no such verdict is ever cached.
+        from lepton_backends.base import before_publish
+
+        before_publish()
         self._cache[key] = [verdict.ok, verdict.reason.replace(_label(node), "{node}", 1)]
         return verdict
 

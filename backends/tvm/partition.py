@@ -148,8 +148,11 @@ def partitioned_stages(be: Any, work: Model, staging: Path, *, target: str | Non
                                f"{whole_error}") from whole_error
     reasons = [refused[id(n)] for n in work.graph if id(n) in refused]
     if not options.fallback:
-        raise BackendError(f"{be.name}: TVM cannot compile {len(refused)} node(s) and fallback is off "
-                           f"(--no-fallback): {refusal_summary(reasons)}")
+        from .backend import _bind_hint
+
+        msg = (f"{be.name}: TVM cannot compile {len(refused)} node(s) and fallback is off (--no-fallback): "
+               f"{refusal_summary(reasons)}{_bind_hint(work)}")
+        raise BackendError(" ".join(msg.split()))
     onnx_be = OnnxBackend()
     onnx_opts = onnx_be.parse_options({})
     stage_opts = dataclasses.replace(options, input_shapes=None)  # types are pinned in `work` already

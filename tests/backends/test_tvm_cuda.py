@@ -96,7 +96,7 @@ def test_non_cuda_target_is_refused(tmp_path):
     from lepton_backends import BackendError
 
     path, shapes = _model("digits")
-    with pytest.raises(BackendError, match="not a CUDA target"):
+    with pytest.raises(BackendError, match="not a tvm-cuda target; its targets: sm_75"):
         lepton.optimize(str(path), passes="canonicalize", backend="tvm-cuda", target="cortex-a72",
                         output=tmp_path / "x", input_shapes=shapes)
 
