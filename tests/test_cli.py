@@ -380,6 +380,38 @@ def test_plugin_pass_is_listed_and_runs(plugin_dir: Path, model_path: Path, tmp_
     assert json.loads((out / "manifest.json").read_text())["pipeline"] == "example-strip-doc"
 
 
+def test_plugin_backend_is_listed_with_typed_options_and_compiles(plugin_dir: Path, model_path: Path,
+                                                                  tmp_path: Path) -> None:
+    """A backend from a separately installed package (entry point `lepton.backends`): listed with its
+    typed options, compiles from the CLI, and its artifact runs through lepton-run (its own load())
+    and matches ONNX Runtime on the original model."""
+    env = plugin_env(plugin_dir)
+    r = run_cli("lepton-opt", "--list-backends", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "example-reference" in r.stdout and "[entry point example-reference" in r.stdout
+    assert "--option form=...: one of text|onnx = text" in r.stdout and "--option note=...: str" in r.stdout
+    out = tmp_path / "ref"
+    r = run_cli("lepton-opt", str(model_path), "--backend", "example-reference", "--option", "note=from the test",
+                "-o", str(out), env=env)
+    assert r.returncode == 0, r.stderr
+    mf = json.loads((out / "manifest.json").read_text())
+    stage = mf["stages"][0]
+    assert stage["backend"] == "example-reference" and stage["entry"] == "model.lep"
+    assert stage["options"] == {"form": "text", "note": "from the test"} and stage["extra"]["note"] == "from the test"
+    r = run_cli("lepton-run", str(out), "--compare", str(model_path), "--rtol", "1e-6", "--atol", "1e-6", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "compare with ONNX Runtime" in r.stdout
+    # A typo in an option is one line naming it, with a suggestion, exit 2.
+    r = run_cli("lepton-opt", str(model_path), "--backend", "example-reference", "--option", "from=onnx",
+                "-o", str(tmp_path / "bad"), env=env)
+    assert r.returncode == 2, r.stderr
+    assert "has no option 'from' (did you mean 'form'?)" in one_error_line(r.stderr)
+    r = run_cli("lepton-opt", str(model_path), "--backend", "example-reference", "--option", "form=pdf",
+                "-o", str(tmp_path / "bad"), env=env)
+    assert r.returncode == 2 and "expected one of text|onnx" in one_error_line(r.stderr)
+    assert not (tmp_path / "bad").exists()
+
+
 def test_duplicate_plugin_pass_name_is_an_error(plugin_dir: Path, model_path: Path, tmp_path: Path) -> None:
     # A second installed distribution registering the same pass name under another class.
     dup = tmp_path / "dup"
