@@ -169,7 +169,9 @@ def _ort_run(key, *tensors):
 
 
 def _ort_output(key, index):
-    return _tvm.runtime.tensor(_np.ascontiguousarray(_outputs[key][index]))
+    out = _np.asarray(_outputs[key][index])
+    # Not ascontiguousarray: it would turn a 0-d output into shape [1].
+    return _tvm.runtime.tensor(out if out.flags.c_contiguous else _np.array(out, order="C"))
 
 
 for _name, _fn in (("lepton.ort.load", _ort_load), ("lepton.ort.run", _ort_run), ("lepton.ort.output", _ort_output)):

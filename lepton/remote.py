@@ -240,7 +240,9 @@ class _RemoteOrtStage:
     def run(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         import tvm
 
-        args = [tvm.runtime.tensor(np.ascontiguousarray(feeds[n]), self.device) for n in self.input_names]
+        # Not np.ascontiguousarray: it turns a 0-d value (a quantization scale) into shape [1].
+        arrays = [np.asarray(feeds[n]) for n in self.input_names]
+        args = [tvm.runtime.tensor(a if a.flags.c_contiguous else np.array(a, order="C"), self.device) for a in arrays]
         n = int(self._run(self.key, *args))
         if n != len(self.output_names):
             raise RemoteError(f"ONNX Runtime on the device returned {n} outputs, the stage has {len(self.output_names)}")
