@@ -180,13 +180,29 @@ _ORT_ERRORS = ("Fail", "InvalidArgument", "InvalidGraph", "RuntimeException", "N
                "EPFail", "ModelLoaded", "InvalidProtobuf", "Onnxruntime")
 
 
+#: (text in the reason, cause) of the fallback failures that leave no artifact
+_NO_ARTIFACT = (
+    ("cannot generate data", "the capability oracle cannot make sample inputs (string, sequence or optional input)"),
+    ("array element with a sequence", "the capability oracle's recorded values: a sequence output as an array"),
+    ("every node compiles on its own", "TVM refuses the whole model but accepts every node alone (no fallback)"),
+    ("tvm-cpu: the artifact does not load", "TVM's whole-model artifact does not load (no fallback)"),
+    ("does not load in its own runtime", "an ONNX Runtime stage does not load"),
+    ("is not a tensor", "the artifact manifest refuses a sequence/optional input or output"),
+)
+
+
 def _cause(why: str) -> str:
     """What a failure of a fallback path comes from, from its reason (and the stages it names)."""
     m = re.search(r" \[stages: (.*)\]$", why)
     stages = [st.split(":")[0] for part in m.group(1).split("; ") for st in part.split(",")] if m else []
     kind = why.split(":")[0]
     if not stages:
-        return "no artifact: compiling or partitioning failed" if kind != "WorkerCrash" else "crash"
+        for text, cause in _NO_ARTIFACT:
+            if text in why:
+                return "no artifact: " + cause
+        return "no artifact: compiling or partitioning failed"
+    if "does not match" in why:
+        return "a stage's input does not match what the stage before it produced (stage interface)"
     if why.startswith(("wrong values", "outputs,")) or re.match(r"\d+ outputs", why):
         if all(st != "onnx" for st in stages):
             return "wrong values: TVM compiled the whole model (no fallback stage)"
@@ -225,13 +241,24 @@ def write_doc(results: dict[str, dict[str, list]], total: int) -> str:
              "all of it. lepton-tvm-cpu-fallback is the backend's default (`fallback=True`): the nodes TVM cannot "
              "compile (the capability oracle's trial compile per node, checked against ONNX Runtime on recorded "
              "values) run on ONNX Runtime stages of a multi-stage artifact. Its failures name the artifact's stages "
-             "(`[stages: tvm-cpu:N,onnx:M]`, nodes per stage) and are grouped by cause.",
+             "(`[stages: tvm-cpu:N,onnx:M]`, nodes per stage) and are grouped by cause. A case whose artifact is "
+             "one TVM stage got no fallback: the oracle is asked only when TVM refuses the whole model, so a model "
+             "TVM compiles to wrong values fails here as it does strictly.",
              "",
              "| path | passes | of all cases | of the cases ONNX Runtime passes |", "|---|---:|---:|---:|"]
+    partial = []
     for path, res in results.items():
         ok = {n for n, (p, _) in res.items() if p}
-        of_ort = f"{len(ok & ort_pass)} / {len(ort_pass)} ({100 * len(ok & ort_pass) / max(1, len(ort_pass)):.1f}%)"
-        lines.append(f"| {path} | {len(ok)} | {100 * len(ok) / max(1, len(res)):.1f}% | {of_ort if ort else 'n/a'} |")
+        # A sweep that was interrupted (its cache is written as it goes) counts over the cases it ran.
+        base = ort_pass & set(res)
+        label = path if len(res) >= total else f"{path} (partial: {len(res)} of {total} cases run)"
+        if len(res) < total:
+            partial.append(path)
+        of_ort = f"{len(ok & base)} / {len(base)} ({100 * len(ok & base) / max(1, len(base)):.1f}%)"
+        lines.append(f"| {label} | {len(ok)} | {100 * len(ok) / max(1, len(res)):.1f}% | {of_ort if ort else 'n/a'} |")
+    if partial:
+        lines += ["", f"Partial: {', '.join(partial)}: the sweep was stopped before the end; its columns count over "
+                      "the cases it ran (`python bench/conformance.py --paths PATH --only-failed` resumes it)."]
     for path, res in results.items():
         if path == "ort":
             continue
