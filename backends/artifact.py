@@ -276,11 +276,13 @@ _DEVICES = ("host", "cuda", "remote")
 
 
 def _check_tensor_specs(root: Path, where: str, specs: Any) -> None:
-    """`specs` must be a list of {name: str, dtype: str, shape: list of int >= 0 | str | null}."""
+    """`specs` must be a list of {name: str, dtype: str | null, shape: list of int >= 0 | str | null}
+    (dtype null: a sequence, optional or map value, which has no single element type)."""
     if not isinstance(specs, list):
         raise ModelLoadError(f"{root}: manifest {where} is not a list")
     for i, spec in enumerate(specs):
-        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or not isinstance(spec.get("dtype"), str):
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) or \
+                not (spec.get("dtype") is None or isinstance(spec.get("dtype"), str)):
             raise ModelLoadError(f"{root}: manifest {where}[{i}] is not a tensor (name, dtype, shape)")
         shape = spec.get("shape")
         if shape is not None and (not isinstance(shape, list) or not all(

@@ -30,7 +30,7 @@ from lepton_ir import Model, Node
 #: The tolerance a region must meet against ONNX Runtime (the real-model sweeps' tolerance).
 RTOL, ATOL = 1e-3, 1e-4
 #: Part of every cache key: bump when a change here changes verdicts, so old ones are not reused.
-ORACLE_VERSION = 3
+ORACLE_VERSION = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,10 +74,12 @@ def record_values(model: Model, feeds: Mapping[str, np.ndarray]) -> dict[str, np
     try:
         sess = ort_session(proto)
         outs = sess.run(None, {k: v for k, v in feeds.items() if k in {i.name for i in sess.get_inputs()}})
+        values = dict(feeds)
+        # Sequences (lists) stay lists: np.asarray of a ragged sequence raises.
+        values.update(zip([o.name for o in sess.get_outputs()],
+                          (x if isinstance(x, list) else np.asarray(x) for x in outs)))
     except Exception:
         return None
-    values = dict(feeds)
-    values.update(zip([o.name for o in sess.get_outputs()], (np.asarray(x) for x in outs)))
     return values
 
 
@@ -104,8 +106,11 @@ class TvmCapability:
         from lepton_ir.reference import random_inputs
 
         if feeds is None:
-            feeds = random_inputs(model, seed=0, dim_size=1)
-        values = record_values(model, feeds)
+            try:
+                feeds = random_inputs(model, seed=0, dim_size=1)
+            except lepton_ir.LeptonError:
+                feeds = None  # strings, sequences, optionals: verdicts from compiling alone
+        values = record_values(model, feeds) if feeds is not None else None
         self.values = values  # the recorded values, for callers that time regions on them
         verdicts: dict[int, Verdict] = {}
         for node in model.graph:
@@ -183,9 +188,15 @@ class TvmCapability:
             return
         try:
             self.cache_path.parent.mkdir(parents=True, exist_ok=True)
+            # Merge with what other compiles saved meanwhile (parallel workers share the file).
+            try:
+                merged = json.loads(self.cache_path.read_text()) if self.cache_path.is_file() else {}
+            except (OSError, ValueError):
+                merged = {}
+            merged.update(self._cache)
             fd, tmp = tempfile.mkstemp(dir=self.cache_path.parent, prefix=".cap-")
             with os.fdopen(fd, "w") as f:
-                json.dump(self._cache, f)
+                json.dump(merged, f)
             os.replace(tmp, self.cache_path)  # atomic: concurrent compiles never see half a file
         except OSError:
             pass  # an unwritable cache only costs time

@@ -39,3 +39,10 @@ def digits_files(tmp_path_factory):
     perturb(m)
     lepton_ir.save(m, d / "perturbed.onnx")
     return corpus.digits_model_path(), d / "perturbed.onnx", d / "train.npz", d / "train_nolabels.npz"
+
+
+@pytest.fixture(autouse=True)
+def _progress_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests read distill's progress lines: other tests in the same worker process (and
+    `lepton-opt --quiet` run in-process) set LEPTON_NO_PROGRESS, which silences them."""
+    monkeypatch.delenv("LEPTON_NO_PROGRESS", raising=False)

@@ -30,9 +30,16 @@ def _shipped_passes() -> list[str]:
                   if pass_origin(n).startswith(("lepton_passes.", "entry point")))
 
 
+#: Passes whose pattern random models (even steered toward their op types) do not contain: their
+#: rewrite is exercised by their own unit tests; here they must only leave random models correct.
+NOT_GENERATED = {"simplify-shapes"}  # needs Shape -> Gather chains over known dims
+
+
 @pytest.mark.parametrize("name", _shipped_passes())
 def test_every_registered_pass(name, tmp_path):
-    if name in COMPOSED:
+    if name in NOT_GENERATED:
+        check_pass(name, save_dir=tmp_path, min_changed=0)
+    elif name in COMPOSED:
         # A fused-then-lowered activation ORT cannot fuse comes back with fresh constant names, so
         # the composition is not idempotent as text (each pass alone is).
         check_pass(COMPOSED[name], save_dir=tmp_path, idempotent=False)

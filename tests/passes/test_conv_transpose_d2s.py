@@ -91,7 +91,10 @@ graph g(%x: f32[1,4,5,5]) -> (%y) {{
 
 
 def test_property_generated_conv_transposes():
-    check_pass(PASS, ops=["ConvTranspose"], max_examples=40)
+    # The harness's ConvTransposes rarely have kernel == stride, so this property checks that the
+    # pass leaves every other ConvTranspose alone and the models valid (min_changed=0); the rewrite
+    # itself is exercised by the unit tests above and the ppocr-det head below.
+    check_pass(PASS, ops=["ConvTranspose"], max_examples=40, min_changed=0)
 
 
 def test_ppocr_det_upsampling_head():
