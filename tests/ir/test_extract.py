@@ -14,6 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import lepton_ir
+from lepton_ir.reference import ort_session
 from lepton_ir import NodeSpec, RegionError, extract, from_text, replace_region, run_stages, split_stages, to_text
 from lepton_ir.testing import corpus
 from lepton_ir.testing.strategies import inputs_for, onnx_models
@@ -21,13 +22,9 @@ from lepton_ir.testing.strategies import inputs_for, onnx_models
 
 # -- ONNX Runtime as the reference ------------------------------------------------------------------
 def _session(proto: onnx.ModelProto) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    # No graph rewrites: the stages and the whole model then run the very same kernels.
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.intra_op_num_threads = 1
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    return ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    # Graph optimizations off (ort_session's default): the stages and the whole model then run the
+    # very same kernels; one thread so reductions sum in one order.
+    return ort_session(proto, threads=1)
 
 
 def ort_run(model: lepton_ir.Model | onnx.ModelProto, feeds: dict) -> dict[str, np.ndarray]:
