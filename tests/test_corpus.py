@@ -8,7 +8,6 @@ where a missing model is a broken install and fails.
 from __future__ import annotations
 
 import hashlib
-import os
 import pathlib
 import subprocess
 import sys
@@ -27,12 +26,7 @@ ALL_NAMES = list(REAL_MODELS)
 
 def require_fetched(name: str) -> pathlib.Path:
     """The cached model's path; skip (or fail under CI) when it has not been fetched."""
-    try:
-        return corpus.real_model_path(name)
-    except corpus.ModelNotFetchedError as e:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set and a real model is missing: {e}")
-        pytest.skip(f"real model not fetched: {e}")
+    return corpus.require_real_model(name)
 
 
 # ------------------------------------------------------------------ the table itself

@@ -331,6 +331,20 @@ def real_model_path(name: str) -> pathlib.Path:
     return path
 
 
+def require_real_model(name: str) -> pathlib.Path:
+    """`real_model_path` for tests: skip when the model has not been fetched, but fail when `CI`
+    is set (CI fetches every model, so a missing one there is a broken install, not a skip).
+    `"digits"` is the digits CNN the package ships."""
+    import pytest
+
+    try:
+        return digits_model_path() if name == "digits" else real_model_path(name)
+    except FileNotFoundError as e:  # ModelNotFetchedError is one
+        if os.environ.get("CI"):
+            pytest.fail(f"CI is set and a real model is missing: {e}")
+        pytest.skip(f"real model not fetched: {e}")
+
+
 # --------------------------------------------------------------------------------------------
 # Realistic inputs
 # --------------------------------------------------------------------------------------------

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import pathlib
 
 import numpy as np
-import pytest
 
 import lepton_ir
 from lepton_ir.testing import corpus
@@ -14,12 +12,7 @@ from lepton_ir.testing import corpus
 
 def require_fetched(name: str) -> pathlib.Path:
     """The cached real model's path; skip (or fail under CI) when it has not been fetched."""
-    try:
-        return corpus.real_model_path(name)
-    except corpus.ModelNotFetchedError as e:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set and a real model is missing: {e}")
-        pytest.skip(f"real model not fetched: {e}")
+    return corpus.require_real_model(name)
 
 
 def digits_accuracy(model: lepton_ir.Model, X: np.ndarray, y: np.ndarray) -> float:

@@ -3,7 +3,6 @@ model: small text-form models by hand, random harness models by hypothesis, and 
 
 from __future__ import annotations
 
-import os
 import random
 
 import numpy as np
@@ -335,13 +334,7 @@ REAL = list(corpus.REAL_MODELS) + ["digits"]
 
 def load_real(name: str) -> tuple[lepton_ir.Model, onnx.ModelProto, dict]:
     """The model (IR and proto) and realistic inputs; skip (fail under CI) when not fetched."""
-    try:
-        path = corpus.digits_model_path() if name == "digits" else corpus.real_model_path(name)
-    except (corpus.ModelNotFetchedError, FileNotFoundError) as e:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set and a real model is missing: {e}")
-        pytest.skip(f"model not available: {e}")
-    proto = onnx.load(str(path))
+    proto = onnx.load(str(corpus.require_real_model(name)))
     if name == "digits":
         feeds = {proto.graph.input[0].name: corpus.digits_dataset("test")[0][:4]}
     else:

@@ -3,7 +3,6 @@ capacities add up to the activation bytes ONNX Runtime actually produces, and mi
 
 from __future__ import annotations
 
-import os
 
 import networkx as nx
 import numpy as np
@@ -77,13 +76,7 @@ REAL = list(corpus.REAL_MODELS) + ["digits"]
 
 
 def _load_real(name: str) -> tuple[onnx.ModelProto, dict]:
-    try:
-        path = corpus.digits_model_path() if name == "digits" else corpus.real_model_path(name)
-    except (corpus.ModelNotFetchedError, FileNotFoundError) as e:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set and a real model is missing: {e}")
-        pytest.skip(f"model not available: {e}")
-    proto = onnx.load(str(path))
+    proto = onnx.load(str(corpus.require_real_model(name)))
     if name == "digits":
         return proto, {proto.graph.input[0].name: corpus.digits_dataset("test")[0][:4]}
     return proto, corpus.realistic_inputs(name)

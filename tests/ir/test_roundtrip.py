@@ -10,7 +10,6 @@ sample of the onnx wheel's data models; the whole data set runs under `-m slow` 
 from __future__ import annotations
 
 import importlib.util
-import os
 import pathlib
 import sys
 
@@ -39,12 +38,7 @@ def _always_scan(monkeypatch):
     monkeypatch.setattr(lepton_ir.onnx_io, "SCAN_MIN_BYTES", 0)
 
 def _real_path(name: str) -> pathlib.Path:
-    try:
-        return corpus.real_model_path(name)
-    except corpus.ModelNotFetchedError as e:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set and a real model is missing: {e}")
-        pytest.skip(f"real model not fetched: {e}")
+    return corpus.require_real_model(name)
 
 
 def _assert_ok(res) -> None:

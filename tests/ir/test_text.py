@@ -626,12 +626,7 @@ def test_real_models(name: str) -> None:
     """Real pretrained models (when fetched): round trips, and bit-identical ORT runs for small ones."""
     import lepton_ir.testing.corpus as corpus
 
-    try:
-        path = corpus.real_model_path(name)
-    except corpus.ModelNotFetchedError as e:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI is set and a real model is missing: {e}")
-        pytest.skip(f"real model not fetched: {e}")
+    path = corpus.require_real_model(name)
     m = lepton_ir.load(path)
     roundtrip(m)
     if path.stat().st_size > 5_000_000:
