@@ -177,6 +177,20 @@ def _clean_stale(out: Path) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
+#: Staging folders this process is building right now (`atomic_dir`). The CLI's Ctrl-C handler
+#: removes them and exits at once while any exists (lepton/cli.py `_Interrupts`): a build runs
+#: TVM's native code, which polls for signals (tvm_ffi's EnvCheckSignals) and throws the
+#: KeyboardInterrupt as a C++ exception, and that abort()s the process where a frame cannot unwind.
+STAGING: set[Path] = set()
+
+
+def discard_staging() -> None:
+    """Remove every staging folder of `STAGING` (for an exit that skips the unwinding)."""
+    for p in list(STAGING):
+        shutil.rmtree(p, ignore_errors=True)
+        STAGING.discard(p)
+
+
 @contextlib.contextmanager
 def atomic_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
     """Yield an empty staging folder beside `out_dir`; on success publish it as `out_dir`.
@@ -189,6 +203,7 @@ def atomic_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
     out.parent.mkdir(parents=True, exist_ok=True)
     _clean_stale(out)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
+    STAGING.add(staging)
     try:
         yield staging
         check_output_path(out)  # someone may have put something there meanwhile
@@ -204,6 +219,8 @@ def atomic_dir(out_dir: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        STAGING.discard(staging)
 
 
 # ------------------------------------------------------------------------------------------------

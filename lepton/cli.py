@@ -100,7 +100,9 @@ class _Interrupts:
     reports whatever error came out as the interruption it is. Once the output is committed (the
     publish hook passed) there is nothing left to stop: a later Ctrl-C only says so (`late`) and the
     command finishes (exit 0); a console script ignores Ctrl-C from then on, interpreter teardown
-    included (Python would otherwise die of the signal there, exit -2).
+    included (Python would otherwise die of the signal there, exit -2). While an artifact is being
+    staged a console script does not raise at all: it removes the staging and exits 130 at once
+    (`_exit_now`: an exception raised inside TVM's native code can abort the process).
     """
 
     def __init__(self) -> None:
@@ -114,7 +116,35 @@ class _Interrupts:
             self.late = True
             return
         self.hit = True
+        from lepton_backends.artifact import STAGING
+
+        if STAGING and _CONSOLE_SCRIPT:
+            self._exit_now()
         raise KeyboardInterrupt
+
+    @staticmethod
+    def _exit_now() -> None:
+        """Ctrl-C while an artifact is being built: remove what it staged and exit 130 at once.
+
+        Raising KeyboardInterrupt here would let it surface inside TVM's native code (tvm_ffi polls
+        for signals and rethrows them as C++ exceptions), which aborts the process (exit -6, its
+        message lost in the held fd 2) where a frame cannot unwind. Nothing is published yet, so
+        the staging folders and TVM's temporary folders are all there is to clean up."""
+        from lepton_backends.artifact import discard_staging
+
+        discard_staging()
+        tvm_utils = sys.modules.get("tvm.support.utils")
+        if tvm_utils is not None:
+            with contextlib.suppress(Exception):
+                tvm_utils.TempDirectory.remove_tempdirs()
+        with contextlib.suppress(Exception):
+            sys.stderr.flush()
+            sys.stdout.flush()
+        msg = f"{os.path.basename(sys.argv[0])}: interrupted\n"
+        with contextlib.suppress(Exception):
+            sys.stderr.write(msg)  # the terminal, also while fd 2 is held (_hold_tool_output)
+            sys.stderr.flush()
+        os._exit(EXIT_INTERRUPTED)
 
     def before_publish(self) -> None:
         if self.hit:
