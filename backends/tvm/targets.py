@@ -61,7 +61,10 @@ def read_cpu_flags(cpuinfo_path: str = "/proc/cpuinfo") -> set[str]:
             for line in f:
                 key, _, value = line.partition(":")
                 if key.strip() in ("flags", "Features"):
-                    return set(value.split())
+                    # Linux spells AVX-512 VNNI "avx512_vnni" (and AVX-VNNI "avx_vnni"); the
+                    # checks below use LLVM's feature names, so both spellings are kept.
+                    flags = set(value.split())
+                    return flags | {f.replace("_", "") for f in flags if f.startswith(("avx512_", "avx_"))}
     except OSError:
         pass
     return set()

@@ -144,28 +144,96 @@ def remote_runner(*, rpc: str | None = None, tracker: str | None = None, key: st
     )
 
 
+_TENSOR_INTRIN = "tvm.s_tir.tensor_intrin"
+
+
+def rule_kind(target: Any) -> str:
+    """The MetaSchedule rule set TVM 0.27 picks for ``target`` (its ``GetRuleKindFromTarget``).
+
+    For an x86 LLVM target it asks LLVM which features the target's ``mcpu``/``mattr`` imply:
+    AVX-512 VNNI or AVX-VNNI -> ``"vnni"`` (int8 kernels tensorized with ``dot_16x4_vnni``),
+    AVX-512F+BW -> ``"avx512"`` (``dot_16x4_avx512``), else ``"llvm"`` (no intrinsic). aarch64
+    targets tune with the generic rules (see :func:`_space`), so they are ``"llvm"`` here too.
+    Other kinds (cuda, ...) return their kind name.
+    """
+    import tvm
+
+    if target.kind.name != "llvm":
+        return target.kind.name
+    if str(target.attrs.get("mtriple", "")).startswith("aarch64"):
+        return "llvm"
+    has = tvm.get_global_func("target.target_has_feature")
+    if has("avx512vnni", target) or has("avxvnni", target):
+        return "vnni"
+    if has("avx512f", target) and has("avx512bw", target):
+        return "avx512"
+    return "llvm"
+
+
+# The tensor intrinsics each rule kind's MultiLevelTilingWithIntrin rule looks up by name.
+RULE_INTRINSICS = {"vnni": ("dot_16x4_vnni",), "avx512": ("dot_16x4_avx512",)}
+
+
+def register_x86_intrinsics() -> None:
+    """Register TVM's x86 tensor intrinsics (``dot_16x4_vnni``, ``dot_16x4_avx512``) alone.
+
+    ``import tvm.s_tir.tensor_intrin`` registers every target's intrinsics through TVMScript
+    (1-4 minutes on the 2-core machine); its ``x86`` module alone takes about 0.3 s. The package's
+    ``__init__`` is bypassed with a placeholder package whose ``__path__`` is the real folder,
+    so only ``x86.py`` runs; a later full import finds that submodule already loaded and does not
+    register it twice. Idempotent.
+    """
+    import importlib
+    import types
+
+    sub = _TENSOR_INTRIN + ".x86"
+    if sub in sys.modules:
+        return
+    if _TENSOR_INTRIN in sys.modules:  # the real package (or our placeholder): import normally
+        importlib.import_module(sub)
+        return
+    import tvm.s_tir
+
+    stub = types.ModuleType(_TENSOR_INTRIN)
+    stub.__path__ = [os.path.join(os.path.dirname(tvm.s_tir.__file__), "tensor_intrin")]
+    sys.modules[_TENSOR_INTRIN] = stub
+    try:
+        importlib.import_module(sub)
+    finally:
+        if sys.modules.get(_TENSOR_INTRIN) is stub:
+            del sys.modules[_TENSOR_INTRIN]
+
+
 @contextlib.contextmanager
 def _without_tensor_intrin_import(target: Any) -> Iterator[None]:
-    """Make ``import tvm.s_tir.tensor_intrin`` a no-op while MetaSchedule contexts are made.
+    """Make ``import tvm.s_tir.tensor_intrin`` cheap while MetaSchedule contexts are made.
 
     ``TuneContext.__init__`` imports that package, which registers every tensor intrinsic of
     every target (CUDA, ROCm, RISC-V vector lengths, ...) through TVMScript: 1-4 minutes on the
-    2-core machine before the first trial. The default CPU schedule rules for float kernels use
-    no intrinsic, so for x86/aarch64 LLVM targets without int8 dot-product features the import
-    is skipped (set ``LEPTON_TVM_TENSOR_INTRIN=1`` to keep it). Already imported: nothing to do.
+    2-core machine before the first trial. For LLVM targets a placeholder package stands in for
+    it, and only the intrinsics the target's rule set needs are registered: an x86 target whose
+    CPU has AVX-512 (BW) or VNNI gets TVM's x86 rule set, which tensorizes int8 kernels with
+    ``dot_16x4_avx512`` / ``dot_16x4_vnni`` and fails at once ("TensorIntrin ... is not
+    registered") without them, so :func:`register_x86_intrinsics` registers those (0.3 s).
+    aarch64 targets with dotprod/i8mm keep the full import, as do non-LLVM targets (set
+    ``LEPTON_TVM_TENSOR_INTRIN=1`` to always keep it). Already imported: nothing to do.
     """
     import types
 
-    name = "tvm.s_tir.tensor_intrin"
+    name = _TENSOR_INTRIN
     keep = os.environ.get("LEPTON_TVM_TENSOR_INTRIN") == "1" or name in sys.modules
+    kind = "llvm"
     try:
         attrs = " ".join(str(a) for a in target.attrs.get("mattr", []) or [])
-        keep = keep or target.kind.name != "llvm" or any(f in attrs for f in ("dotprod", "i8mm", "vnni", "amx"))
+        keep = keep or target.kind.name != "llvm" or any(f in attrs for f in ("dotprod", "i8mm", "amx"))
+        kind = rule_kind(target)
     except Exception:
         keep = True
     if keep:
         yield
         return
+    if kind in RULE_INTRINSICS:
+        register_x86_intrinsics()
     stub = types.ModuleType(name)
     stub.__doc__ = "placeholder installed by lepton_backends.tvm.tune (see _without_tensor_intrin_import)"
     sys.modules[name] = stub
@@ -379,6 +447,9 @@ def _open_unlocked(database_dir: str | os.PathLike) -> Any:
     from tvm.s_tir import meta_schedule as ms
 
     Path(database_dir).mkdir(parents=True, exist_ok=True)
+    # A record tuned for an AVX-512/VNNI CPU may tensorize an int8 kernel; replaying its trace at
+    # build time looks the intrinsic up by name, so register them (0.3 s, once per process).
+    register_x86_intrinsics()
     for name in DATABASE_FILES:
         _cut_torn_tail(Path(database_dir) / name)
     return ms.database.JSONDatabase(work_dir=str(database_dir), module_equality="structural")

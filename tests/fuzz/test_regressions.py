@@ -315,3 +315,136 @@ def test_torn_tuning_database_line_is_cut(tmp_path: Path) -> None:
     assert tune._cut_torn_tail(rec)
     assert rec.read_bytes() == b'[0, [[], []]]\n'
     assert not tune._cut_torn_tail(rec)  # a complete file is left alone
+
+
+# ------------------------------------------------------------------------------------------------
+# Found by fault injection into a real MetaSchedule run: `--tune` with the default target failed
+# ------------------------------------------------------------------------------------------------
+def _host_flags() -> set[str]:
+    from lepton_backends.tvm.targets import read_cpu_flags
+
+    return read_cpu_flags()
+
+
+_X86 = pytest.mark.skipif(__import__("platform").machine().lower() not in ("x86_64", "amd64"),
+                          reason="x86 host feature detection")
+
+
+@_X86
+def test_native_target_has_exactly_this_cpus_vector_features() -> None:
+    """`native` named skylake-avx512 on this AVX-512 VNNI host: /proc/cpuinfo spells the flag
+    `avx512_vnni`, the detection looked for `avx512vnni`. LLVM's view of the target's features
+    must match the CPU's flags, both ways (no feature the CPU lacks, none it has left out)."""
+    import tvm
+
+    from lepton_backends.tvm.targets import resolve_target
+
+    flags = {f.replace("_", "") for f in _host_flags()}
+    has = tvm.get_global_func("target.target_has_feature")
+    target = resolve_target("native")
+    for feature in ("avx2", "fma", "avx512f", "avx512bw", "avx512vnni"):
+        if feature in ("avx512f", "avx512bw", "avx512vnni") and "avx512f" not in flags:
+            assert not has(feature, target), (feature, str(target))  # never assumed
+            continue
+        if feature == "avx512vnni" and {"avx512f", "avx512bw"} - flags:
+            continue  # no mcpu has VNNI without AVX-512BW
+        assert bool(has(feature, target)) == (feature in flags), (feature, str(target), sorted(flags))
+
+
+def test_linux_spelling_of_vnni_selects_a_vnni_cpu(tmp_path: Path) -> None:
+    from lepton_backends.tvm import targets
+
+    p = tmp_path / "cpuinfo"
+    p.write_text("processor\t: 0\nflags\t\t: sse2 avx2 fma avx512f avx512bw avx512_vnni\n\n")
+    if __import__("platform").machine().lower() in ("x86_64", "amd64"):
+        assert targets.native_target(str(p))["mcpu"] == "cascadelake"
+
+
+_DESIGN_SPACE = r"""
+import json, sys
+from lepton_backends.tvm import lower, tune
+from tvm.s_tir import meta_schedule as ms
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+import numpy as np
+w = (np.random.default_rng(0).standard_normal((16, 8, 3, 3)) * 0.1).astype(np.float32)
+g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], kernel_shape=[3, 3], pads=[1, 1, 1, 1])], "c",
+    [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16, 16])],
+    [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 16, 16])], [numpy_helper.from_array(w, "w")])
+m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]); m.ir_version = 8
+mod = lower.to_relax(m)
+out = {}
+for name in json.loads(sys.argv[1]):
+    tgt = tune.tuning_target(name)
+    tasks = ms.relax_integration.extract_tasks(tune.fused_module(mod, tgt), tgt)
+    with tune._without_tensor_intrin_import(tgt):
+        ctxs, _ = ms.relax_integration.extracted_tasks_to_tune_contexts(tasks, work_dir=sys.argv[2], space=tune._space(tgt))
+        spaces = [len(c.generate_design_space()) for c in ctxs]
+    out[json.dumps(name)] = {"kind": tune.rule_kind(tgt), "spaces": spaces}
+out["full_import"] = "tvm.s_tir.tensor_intrin.cuda" in sys.modules
+print(json.dumps(out))
+"""
+
+
+def test_tuning_design_space_for_the_detected_cpu(tmp_path: Path) -> None:
+    """MetaSchedule picks its x86 rule set from the target's features (AVX-512 -> dot_16x4_avx512,
+    VNNI -> dot_16x4_vnni intrinsics); the fast path that skips the 1-4 minute tensor-intrinsic
+    import registered none, so `--tune` with the default target failed on every AVX-512 host
+    ("TensorIntrin 'dot_16x4_avx512' is not registered"). In a fresh process (the intrinsics
+    registered by an earlier test would hide it), the design space of a conv kernel is made for
+    the detected CPU and each x86 preset, with the rule set the features call for."""
+    pytest.importorskip("tvm")
+    names = ["native", "x86-64-avx2", "x86-64-avx512", {"kind": "llvm", "mtriple": "x86_64-linux-gnu",
+                                                         "mcpu": "cascadelake"}]
+    r = subprocess.run([sys.executable, "-c", _DESIGN_SPACE, json.dumps(names), str(tmp_path)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert not out.pop("full_import")  # still the fast path
+    assert all(v["spaces"] and min(v["spaces"]) > 0 for v in out.values()), out
+    assert out['"x86-64-avx2"']["kind"] == "llvm"
+    assert out['"x86-64-avx512"']["kind"] == "avx512"
+    assert out[json.dumps(names[3])]["kind"] == "vnni"
+    if __import__("platform").machine().lower() in ("x86_64", "amd64"):
+        flags = {f.replace("_", "") for f in _host_flags()}
+        want = ("vnni" if {"avx512f", "avx512bw", "avx512vnni"} <= flags or "avxvnni" in flags
+                else "avx512" if {"avx512f", "avx512bw"} <= flags else "llvm")
+        assert out['"native"']["kind"] == want, (out, sorted(flags))
+
+
+@pytest.mark.slow
+def test_tune_with_the_default_target(tmp_path: Path) -> None:
+    """`lepton-opt --backend tvm-cpu --tune` with the default (detected) target tunes a small
+    model end to end (no fallback), the artifact matches ONNX Runtime, and a second compile
+    into the same database reuses every kernel (0 to tune). About 45 s here."""
+    pytest.importorskip("tvm")
+    m = _tiny_conv(tmp_path / "conv.onnx")
+    db, out = tmp_path / "db", tmp_path / "out"
+    cmd = [sys.executable, "-c", "import sys; from lepton.cli import opt_main; sys.exit(opt_main())", str(m),
+           "--backend", "tvm-cpu", "--tune", "4", "--tuning-db", str(db), "--no-fallback"]
+    r = subprocess.run([*cmd, "-o", str(out)], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "0 already tuned, 1 to tune" in r.stderr and "tuning done" in r.stderr, r.stderr
+    import lepton
+    from lepton_backends.tvm.testing import ort_run
+
+    x = np.random.default_rng(1).standard_normal((1, 8, 16, 16)).astype(np.float32)
+    np.testing.assert_allclose(lepton.load(out).run({"x": x})["y"], ort_run(onnx.load(m), {"x": x})["y"],
+                               rtol=1e-4, atol=1e-4)
+    r = subprocess.run([*cmd, "-o", str(tmp_path / "out2")], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0 and "1 already tuned, 0 to tune" in r.stderr, r.stderr[-3000:]
+
+
+def _tiny_conv(path: Path) -> Path:
+    from onnx import numpy_helper
+
+    w = (np.random.default_rng(0).standard_normal((16, 8, 3, 3)) * 0.1).astype(np.float32)
+    g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["c"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+                           helper.make_node("Relu", ["c"], ["y"])], "one_conv",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, 16, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 16, 16])],
+                          [numpy_helper.from_array(w, "w")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, path)
+    return path
