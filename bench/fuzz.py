@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--differential", action="store_true",
                     help="differential fuzzing instead: random models through each pipeline x backend against "
                          "ONNX Runtime (--seconds per combination; tests/fuzz/differential.py)")
-    ap.add_argument("--pipelines", default="canonicalize,fuse,quant8,fp16,legalize",
+    ap.add_argument("--pipelines", default="canonicalize,fuse,quant8,fp16,legalize,prune",
                     help="--differential: pipelines (comma-separated)")
     ap.add_argument("--backends", default="onnx,tvm-cpu", help="--differential: backends (comma-separated)")
     ap.add_argument("--_child", help=argparse.SUPPRESS)
@@ -166,7 +166,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.differential:
         import differential as D
 
-        res = [D.fuzz_combo(p, b, args.seconds) for p in args.pipelines.split(",") for b in args.backends.split(",")]
+        # One child process serves every combination (restarted after a native crash or a hang):
+        # importing TVM and ONNX Runtime once, not per example.
+        worker = D.Worker()
+        save_root = args.save_dir / "differential"
+        res = []
+        for p in args.pipelines.split(","):
+            for b in args.backends.split(","):
+                r = D.fuzz_combo(p, b, args.seconds, worker=worker, save_root=save_root)
+                r.update(cpu=cpu_name(), load_average=os.getloadavg())
+                res.append(r)
+                if args.json:  # after each combination: a long run killed midway keeps its figures
+                    args.json.parent.mkdir(parents=True, exist_ok=True)
+                    args.json.write_text(json.dumps(res, indent=2))
+        worker.close()
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(res, indent=2))

@@ -91,3 +91,17 @@ def test_short_fuzz_run(name: str, tmp_path: Path) -> None:
     assert res["inputs"] > 50, res
     assert res["findings"] == 0, f"{r.stdout}\nreproducers in {tmp_path / 'found'}"
     assert r.returncode == 0
+
+
+@pytest.mark.parametrize("pipeline", ["canonicalize", "fp16"])
+def test_short_differential_run(pipeline: str, tmp_path: Path) -> None:
+    """A bounded differential run (onnx backend; every example in a child process): examples
+    compile and match ONNX Runtime, none is a mismatch."""
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "fuzz.py"), "--differential", "--pipelines", pipeline,
+                        "--backends", "onnx", "--seconds", "4", "--save-dir", str(tmp_path / "found"),
+                        "--json", str(tmp_path / "r.json")], capture_output=True, text=True, timeout=300)
+    assert (tmp_path / "r.json").exists(), r.stdout + r.stderr
+    (res,) = json.loads((tmp_path / "r.json").read_text())
+    assert res["examples"] >= 3 and res["ok"] >= 1, res
+    assert res["mismatches"] == 0, f"{r.stdout}\nreproducers in {tmp_path / 'found'}"
+    assert r.returncode == 0

@@ -448,3 +448,74 @@ def _tiny_conv(path: Path) -> Path:
     m.ir_version = 8
     onnx.save(m, path)
     return path
+
+
+# ------------------------------------------------------------------------------------------------
+# Found by differential fuzzing (tests/fuzz/differential.py, bench/fuzz.py --differential)
+# ------------------------------------------------------------------------------------------------
+import differential as D  # noqa: E402
+
+DIFF_CASES = sorted(p.parent for p in (T.CORPUS / "differential").glob("*/case.json"))
+
+
+@pytest.fixture(scope="module")
+def worker():
+    w = D.Worker(timeout=600)
+    yield w
+    w.close()
+
+
+@pytest.mark.parametrize("folder", DIFF_CASES, ids=[p.name for p in DIFF_CASES])
+def test_saved_differential_reproducers(folder: Path, worker) -> None:
+    """Every saved differential finding now compiles and matches ONNX Runtime on its saved inputs
+    within the pipeline's tolerance (or is refused in one line), run in a child process: a native
+    crash would otherwise take the test process down."""
+    case = json.loads((folder / "case.json").read_text())
+    feeds = dict(np.load(folder / "inputs.npz"))
+    status, detail = worker.run((folder / "model.onnx").read_bytes(), case["pipeline"], case["backend"],
+                                case["seed"], feeds)
+    assert status in ("ok", "refused"), f"{folder.name}: {status}: {detail}"
+
+
+def test_quant8_mismatch_was_clipping_outside_the_calibrated_range() -> None:
+    """quant8 x onnx: the harness calibrated on standard-normal samples and compared on inputs
+    in [0.1, 2]; the whole error was the MatMul's output beyond the calibrated maximum (clipped).
+    Calibrated on the compared distribution, quant8 is within its derived tolerance."""
+    from lepton_ir.reference import random_inputs
+
+    folder = T.CORPUS / "differential" / "quant8-onnx"
+    proto = onnx.load(folder / "model.onnx")
+    feeds = dict(np.load(folder / "inputs.npz"))
+    w = onnx.numpy_helper.to_array(proto.graph.initializer[0]).astype(np.float64)
+    ref = feeds["input_0"].astype(np.float64) @ w
+    model = lepton_ir.load(proto.SerializeToString())
+    calibrated_max = max(float((random_inputs(model, seed=i, dim_size=2)["input_0"] @ w).max()) for i in range(8))
+    assert ref.max() - calibrated_max == pytest.approx(0.215, abs=0.002)  # the reported error, all clipping
+    assert D.run_one(proto, "quant8", "onnx", 0, feeds) == "ok"
+
+
+def test_fp16_tolerance_covers_a_batchnorm_that_amplifies_rounding() -> None:
+    """fp16 x onnx: a BatchNormalization with variance 0.02 multiplies the float16 rounding of its
+    input by 9.9 near a zero output; the tolerance now scales atol by that gain."""
+    from lepton_passes.quant.fp16 import _error_gain
+
+    import lepton_passes
+
+    folder = T.CORPUS / "differential" / "fp16-onnx"
+    proto = onnx.load(folder / "model.onnx")
+    model = lepton_ir.load(proto.SerializeToString())
+    lepton_passes.parse_pipeline("fp16").run(model)
+    assert _error_gain(model) == pytest.approx(9.9066, rel=1e-3)
+    rtol, atol = next(iter(lepton_passes.parse_pipeline("fp16").passes())).tolerance(model)
+    assert atol == pytest.approx(rtol * 9.9066, rel=1e-3)
+    assert D.run_one(proto, "fp16", "onnx", 0, dict(np.load(folder / "inputs.npz"))) == "ok"
+
+
+def test_native_crash_in_an_example_is_a_finding_not_a_dead_fuzzer(worker) -> None:
+    """fp16 x onnx once killed the whole fuzzer (SIGSEGV in native code, input lost): examples
+    now run in a child process; a crash is reported with its signal and the next example runs."""
+    status, detail = worker.run(b"", "!crash", "onnx", 0)
+    assert status == "crash" and "SIGSEGV" in detail, (status, detail)
+    folder = T.CORPUS / "differential" / "quant8-onnx"
+    status, _ = worker.run((folder / "model.onnx").read_bytes(), "canonicalize", "onnx", 0)
+    assert status == "ok"
