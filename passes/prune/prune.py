@@ -402,7 +402,12 @@ class Prune(Pass):
                 "of target= (8 without a target)"})
     target: Literal["", "native", "avx2", "avx512", "neon"] = field(
         default="", metadata={"help": "SIMD width for the rounding; native: detect AVX2/AVX-512 here"})
-    max_ratio: float = field(default=0.9, metadata={"help": "most of a group macs= may remove"})
+    latency: float = field(default=1.0, metadata={
+        "help": "keep this share of the latency measured in ONNX Runtime on this host (0 < latency < 1; "
+                "bisects a uniform ratio, every step timed; rounding defaults to the detected SIMD width)"})
+    latency_threads: int = field(default=1, metadata={"help": "ORT intra-op threads while timing latency="})
+    latency_reps: int = field(default=15, metadata={"help": "interleaved timing pairs per latency= step"})
+    max_ratio: float = field(default=0.9, metadata={"help": "most of a group macs= / latency= may remove"})
     prune_layernorm: bool = field(default=True, metadata={
         "help": "prune through LayerNormalization over the channel axis (changes its statistics)"})
     seed: int = field(default=0, metadata={"help": "seed of importance=random"})
@@ -413,6 +418,12 @@ class Prune(Pass):
             raise ValueError(f"ratio must be in [0, 1), got {self.ratio}")
         if not 0.0 < self.macs <= 1.0:
             raise ValueError(f"macs must be in (0, 1], got {self.macs}")
+        if not 0.0 < self.latency <= 1.0:
+            raise ValueError(f"latency must be in (0, 1], got {self.latency}")
+        if self.latency < 1.0 and self.macs < 1.0:
+            raise ValueError("give one of macs= and latency=, not both")
+        if self.latency_threads < 1 or self.latency_reps < 1:
+            raise ValueError("latency-threads and latency-reps must be >= 1")
         if self.multiple is not None and self.multiple < 1:
             raise ValueError(f"multiple must be >= 1, got {self.multiple}")
         if not 0.0 < self.max_ratio < 1.0:
@@ -422,9 +433,11 @@ class Prune(Pass):
     def lanes(self) -> int:
         if self.multiple is not None:
             return self.multiple
-        if not self.target:
+        if not self.target and self.latency >= 1.0:
             return 8
-        t = detect_simd() if self.target == "native" else self.target
+        # a latency target is measured on this host, so its kernels' vector width is what counts:
+        # detected, never assumed (ORT's NCHWc block is 8 on AVX2, 16 on AVX-512)
+        t = detect_simd() if self.target in ("native", "") else self.target
         return SIMD_LANES.get(t, 8)
 
     def tolerance(self, model: Model) -> tuple[float, float]:
@@ -437,7 +450,7 @@ class Prune(Pass):
         from ..util import infer_types_changed
 
         refined = infer_types_changed(model)
-        if self.ratio == 0 and self.macs >= 1.0:
+        if self.ratio == 0 and self.macs >= 1.0 and self.latency >= 1.0:
             return refined
         debug = self.debug or log.isEnabledFor(logging.DEBUG)
         emit = (lambda s: print(s, file=sys.stderr)) if self.debug else log.debug
@@ -451,7 +464,10 @@ class Prune(Pass):
             feeds, total = load_samples(model, self.calib or "random:8", self.calib_batch, self.calib_samples)
             act = activation_norms(model, dg, feeds, total)
         scores = channel_scores(dg, self.importance, act_norms=act, seed=self.seed)
-        if self.macs < 1.0:
+        table = None
+        if self.latency < 1.0:
+            plan, table = self._plan_for_latency(model, dg, scores)
+        elif self.macs < 1.0:
             plan = plan_for_macs(dg, scores, self.macs, self.lanes, self.max_ratio)
         else:
             plan = make_plan(dg, scores, self.ratio, self.lanes)
@@ -466,10 +482,55 @@ class Prune(Pass):
             model.graph.meta[ORIGINAL_KEY] = lepton_ir.to_onnx(model)
         rec = apply_plan(model, plan)
         rec["importance"] = self.importance
+        if table is not None:
+            rec["latency_target"] = self.latency
+            rec["lanes"] = self.lanes
+            rec["latency_table"] = [p.as_dict() for p in table]
         rec = _merge_records(read_record(model), rec)
         model.metadata_props[PRUNE_KEY] = json.dumps(rec, separators=(",", ":"))
         model.verify()
         return True
+
+    def _latency_feeds(self, model: Model) -> dict:
+        """One input batch to time: the first calib= batch, else random data (symbolic dims 1)."""
+        if self.calib:
+            from ..quant.calibration import load_samples
+
+            feeds, _ = load_samples(model, self.calib, self.calib_batch, self.calib_samples)
+            for f in feeds:
+                return dict(f)
+        from lepton_ir.reference import random_inputs
+
+        return random_inputs(model, dim_size=1)
+
+    def _plan_for_latency(self, model: Model, dg: DepGraph, scores: dict) -> tuple[Plan, list]:
+        import lepton_ir
+
+        from .latency import plan_for_latency
+
+        groups = slot_groups(dg)
+        proto = lepton_ir.to_onnx(model)
+
+        def plan_at(ratio: float):
+            plan = make_plan(dg, scores, ratio, self.lanes, groups)
+            if not plan.removed:
+                return plan, None
+            # prune a copy: the analysis of a fresh load numbers its classes as `dg` does
+            # (same graph, same order), so the same scores pick the same channels
+            copy = lepton_ir.load(proto)
+            dg2 = DepGraph(copy, prune_layernorm=self.prune_layernorm)
+            p2 = make_plan(dg2, scores, ratio, self.lanes)
+            if p2.removed != plan.removed or abs(p2.macs_after - plan.macs_after) > 1e-6 * max(plan.macs_after, 1):
+                raise PassError("prune: latency= could not reproduce its plan on a copy of the model")
+            apply_plan(copy, p2)
+            return plan, lepton_ir.to_onnx(copy)
+
+        try:
+            feeds = self._latency_feeds(model)
+        except Exception as e:  # noqa: BLE001 - a model ORT cannot feed: say so in one line
+            raise PassError(f"prune: latency= needs inputs to time the model: {e}") from None
+        return plan_for_latency(model, plan_at, self.latency, self.max_ratio, feeds,
+                                threads=self.latency_threads, reps=self.latency_reps)
 
 
 __all__ = ["Prune", "Plan", "make_plan", "plan_for_macs", "apply_plan", "mask_plan", "analyse", "read_record",
