@@ -234,6 +234,10 @@ class TvmCpuBackend(Backend):
             lines = [ln for ln in str(e).strip().splitlines() if ln.strip()]
             raise TvmCompileError(f"{self.name}: TVM could not compile the model: "
                                   f"{lines[-1] if lines else type(e).__name__}" + _bind_hint(model)) from e
+        if tgt.kind.name == "llvm" and (hint := lower.symbolic_inputs_warning(onnx_model, shapes, self.name)):
+            import warnings
+
+            warnings.warn(hint, stacklevel=2)  # CPU schedules need static extents: see the function
         return fill_artifact_dir(staging, ex, target=tgt, model=onnx_model, input_specs=inputs, output_specs=outputs,
                                  export_cc=export_cc,
                                  tvm_pipeline=lower.pipeline_text(tgt, schedule=schedule, database=database))

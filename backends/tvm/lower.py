@@ -102,6 +102,30 @@ def resolved_input_shapes(
     return out
 
 
+def symbolic_inputs_warning(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None,
+                            backend: str = "tvm-cpu") -> str | None:
+    """One line telling the user to pin symbolic input dims, or None when every dim is static.
+
+    Why a warning and not symbolic code: the search-free schedules (cpu_schedule.py) tile by
+    constant extents and give up on symbolic ones, so every kernel of a symbolic build stays
+    TVM's naive single-threaded loop nest, and MetaSchedule does not tune them either. Measured
+    (docs/tvm-backend.md, "Symbolic dims"): a ResNet-18-like with its batch left symbolic ran
+    about 20x slower than pinned to batch 1. Making every rule handle
+    symbolic extents (tail loops, runtime tile choice) is a larger job than the 1.2x the issue
+    allows would need; pinning costs the user one flag. The suggested shape puts 1 for each
+    symbolic dim (what deployments on one device run); the user picks the real sizes.
+    """
+    shapes = resolved_input_shapes(model, input_shapes)
+    sym = {name: shape for name, shape in shapes.items() if any(not isinstance(d, int) for d in shape)}
+    if not sym:
+        return None
+    shown = ",".join(f"{name}={'x'.join(str(d) if isinstance(d, int) else '1' for d in shape)}"
+                     for name, shape in sym.items())
+    dims = "; ".join(f"{name}: {[d for d in shape if not isinstance(d, int)]}" for name, shape in sym.items())
+    return (f"{backend}: symbolic input dims ({dims}) get TVM's naive single-threaded kernels (measured 20x "
+            f"slower than pinned); pin them: --input-shape {shown} (1 for each symbolic dim; use your sizes)")
+
+
 def to_relax(model: onnx.ModelProto, input_shapes: dict[str, list[int]] | None = None,
              target: Any = None) -> "tvm.IRModule":  # noqa: F821
     """Import an ONNX model into a Relax ``IRModule`` with weights bound as constants.
