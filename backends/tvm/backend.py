@@ -63,6 +63,8 @@ class TvmOptions:
         help='pin symbolic input dims so TVM specialises kernels: x=1x3x224x224[,y=...] or JSON {"x": [1, 3, 224, 224]}',
         parse=_parse_shapes, type="shapes")
     schedule: Literal["auto", "none"] = _opt("auto", "auto: search-free CPU schedules (GPU: dlight rules); none: naive TVM loops")
+    layout: Literal["nchw", "nchwc"] = _opt("nchw", "nchwc: dense convs in NCHW[x]c (x = fp32 SIMD lanes) with weights "
+                                                 "packed at compile time (CPU targets; docs/tvm-backend.md)")
     tuning_db: str | None = _opt(help="folder of a MetaSchedule JSON database to take tuned kernels from (and to tune "
                                       "into); default with tune-trials: ~/.cache/lepton/tuning/<target-hash>")
     tune_trials: int | None = _opt(help="MetaSchedule trials to spend on kernels not yet in the tuning database "
@@ -227,7 +229,7 @@ class TvmCpuBackend(Backend):
             if db_dir is not None:
                 database = _tuned_database(mod, tgt, db_dir, tune_trials, _tuning_runner(options, bool(export_cc)),
                                            cross_cc=cc if export_cc else None)
-            ex = lower.build(mod, tgt, schedule=schedule, database=database)
+            ex = lower.build(mod, tgt, schedule=schedule, database=database, layout=options.layout)
         except BackendError:
             raise
         except Exception as e:  # TVM importer/compiler errors: one line naming the backend
@@ -240,7 +242,8 @@ class TvmCpuBackend(Backend):
             warnings.warn(hint, stacklevel=2)  # CPU schedules need static extents: see the function
         return fill_artifact_dir(staging, ex, target=tgt, model=onnx_model, input_specs=inputs, output_specs=outputs,
                                  export_cc=export_cc,
-                                 tvm_pipeline=lower.pipeline_text(tgt, schedule=schedule, database=database))
+                                 tvm_pipeline=lower.pipeline_text(tgt, schedule=schedule, database=database,
+                                                                  layout=options.layout))
 
     def build_stages(self, model, staging: Path, *, target: str | None = None, options: Any = None,
                      run_pipeline=None) -> list[tuple[Backend, dict[str, Any]]]:

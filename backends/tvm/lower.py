@@ -159,7 +159,8 @@ def _gpu(target) -> bool:
     return "gpu" in [str(k) for k in target.keys]
 
 
-def pipeline_passes(target: "tvm.target.Target", *, schedule: str = "auto", database: Any = None) -> list:  # noqa: F821
+def pipeline_passes(target: "tvm.target.Target", *, schedule: str = "auto", database: Any = None,  # noqa: F821
+                    layout: str = "nchw") -> list:
     """The Relax passes :func:`build` runs for ``target``, as a list (see the module docstring).
 
     Args:
@@ -167,15 +168,21 @@ def pipeline_passes(target: "tvm.target.Target", *, schedule: str = "auto", data
         schedule: ``"auto"`` (search-free schedules) or ``"none"`` (TVM's naive loop nests, for
             comparisons).
         database: optional MetaSchedule database whose tuned kernels replace the default schedules.
+        layout: ``"nchw"`` (default) or ``"nchwc"``: dense convs in NCHW[x]c with weights packed
+            at compile time (CPU only; see layout.py).
     """
     from tvm import relax
     from tvm.relax import backend
     from tvm.s_tir import dlight as dl
 
     from . import cpu_schedule
+    from . import layout as layout_mod
 
     if schedule not in ("auto", "none"):
         raise ValueError(f"schedule must be 'auto' or 'none', not {schedule!r}")
+    if layout not in layout_mod.LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(layout_mod.LAYOUTS)}, not {layout!r}")
+    packed = layout == layout_mod.NCHWC and not _gpu(target)
     passes: list = [
         relax.transform.DecomposeOpsForInference(),
         relax.transform.CanonicalizeBindings(),
@@ -184,8 +191,11 @@ def pipeline_passes(target: "tvm.target.Target", *, schedule: str = "auto", data
     ]
     if not _gpu(target):
         passes.append(fast_erf_pass())
+    if packed:
+        # After BN is decomposed (its scale/shift become element-wise ops the layout flows through).
+        passes.append(layout_mod.convert_layout_pass(target))
     passes += [
-        relax.transform.LegalizeOps(),
+        relax.transform.LegalizeOps(layout_mod.legalize_map() if packed else None),
         relax.transform.AnnotateTIROpPattern(),
         relax.transform.FoldConstant(),
         relax.transform.FuseOps(),
@@ -269,16 +279,21 @@ class _ApplyDatabase:
         return type("I", (), {"name": "MetaScheduleApplyDatabase"})()
 
 
-def pipeline_text(target: "tvm.target.Target", *, schedule: str = "auto", database: Any = None) -> str:  # noqa: F821
+def pipeline_text(target: "tvm.target.Target", *, schedule: str = "auto", database: Any = None,  # noqa: F821
+                  layout: str = "nchw") -> str:
     """A human-readable, stable description of the pipeline (stored in artifact manifests)."""
     from . import cpu_schedule
 
     names = []
-    for p in pipeline_passes(target, schedule=schedule, database=database):
+    for p in pipeline_passes(target, schedule=schedule, database=database, layout=layout):
         if isinstance(p, _ApplyDatabase):
             names.append("MetaScheduleApplyDatabase")
             continue
         name = p.info.name
+        if name == "ConvertLayout":  # only added for layout=nchwc
+            from .layout import block_size
+
+            name += f"(NCHW{block_size(target)}c)"
         if name == "ApplyDefaultSchedule":
             rules = cpu_schedule.default_gpu_rules() if _gpu(target) else cpu_schedule.default_cpu_rules()
             name += "(" + ", ".join(_rule_name(r) for r in rules) + ")"
@@ -296,11 +311,12 @@ def _rule_name(rule) -> str:
     return f"lepton.{type(rule).__name__}"
 
 
-def make_pipeline(target: "tvm.target.Target", *, schedule: str = "auto", database: Any = None):  # noqa: F821
+def make_pipeline(target: "tvm.target.Target", *, schedule: str = "auto", database: Any = None,  # noqa: F821
+                  layout: str = "nchw"):
     """A single module pass running :func:`pipeline_passes` inside ``target``'s context."""
     import tvm
 
-    passes = pipeline_passes(target, schedule=schedule, database=database)
+    passes = pipeline_passes(target, schedule=schedule, database=database, layout=layout)
 
     @tvm.transform.module_pass(opt_level=0, name="LeptonTVMPipeline")
     def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
@@ -319,6 +335,7 @@ def build(
     *,
     schedule: str = "auto",
     database: Any = None,
+    layout: str = "nchw",
 ) -> "tvm.relax.Executable":  # noqa: F821
     """Compile a Relax module (from :func:`to_relax`) into a VM executable for ``target``.
 
@@ -327,6 +344,7 @@ def build(
         target: a ``tvm.target.Target``, a preset name or a target JSON string/dict.
         schedule: ``"auto"`` (default; search-free schedules) or ``"none"`` (naive; CPU only).
         database: optional MetaSchedule database (see :mod:`.tune`) to apply tuned kernels from.
+        layout: ``"nchw"`` (default) or ``"nchwc"`` (see :func:`pipeline_passes`).
 
     Returns:
         The ``tvm.relax.Executable``; export with ``executable.export_library(path)``.
@@ -337,5 +355,5 @@ def build(
 
     if not isinstance(target, tvm.target.Target):
         target = resolve_target(target)
-    pipeline = make_pipeline(target, schedule=schedule, database=database)
+    pipeline = make_pipeline(target, schedule=schedule, database=database, layout=layout)
     return tvm.compile(mod, target=target, relax_pipeline=pipeline)
