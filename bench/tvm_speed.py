@@ -15,6 +15,8 @@ Per model:
 
     python bench/tvm_speed.py [--trials 64] [--models resnet18-like,mobilenetv2-like,minilm-l3]
     python bench/tvm_speed.py --no-tune --models mobilenetv2-like   # (a) only: no tuning, 1 compile
+    python bench/tvm_speed.py --no-tune --layouts nchw,nchwc --symbolic --models resnet18-like
+        # both layouts and a symbolic-batch build side by side, plus the per-kernel roofline tables
 
 ``--trials 0`` still compiles three times (reusing whatever the database holds); ``--no-tune``
 skips the tuned builds altogether, for checking the search-free schedules quickly.
@@ -60,6 +62,27 @@ def model_and_inputs(name: str, tmp: Path) -> tuple[Path, dict[str, np.ndarray]]
     return corpus.real_model_path(name), corpus.realistic_inputs(name)
 
 
+def kernel_roofline(path: Path, inputs: dict[str, np.ndarray], layout: str, top: int = 5) -> dict:
+    """bench/roofline.py's table for the untuned build of ``path`` (lowered in this process: the
+    artifact keeps no IRModule to take FLOP counts from)."""
+    import lepton_ir
+    import roofline
+    import tvm
+
+    from lepton_backends.tvm import lower
+    from lepton_backends.tvm.backend import prepare_for_tvm
+    from lepton_backends.tvm.targets import resolve_target
+
+    shapes = {k: list(v.shape) for k, v in inputs.items()}
+    proto = lepton_ir.to_onnx(prepare_for_tvm(lepton_ir.load(str(path)), shapes))
+    tgt = resolve_target("native")
+    mod = lower.to_relax(proto, shapes, target=tgt)
+    lowered = lower.make_pipeline(tgt, layout=layout)(mod)  # the same kernels build() compiles
+    ex = lower.build(mod, tgt, layout=layout)
+    args = [tvm.runtime.tensor(np.ascontiguousarray(inputs[vi.name])) for vi in lower.graph_inputs(proto)]
+    return roofline.roofline(ex, lowered, args, THREADS, top)
+
+
 def ort_session(path: Path):
     from lepton_ir.reference import ort_session as session
 
@@ -89,8 +112,27 @@ def timed_rounds(fns: dict, inputs, repeat: int, warmup: int = 3) -> dict[str, f
     return medians(timed_blocks(fns, repeat, warmup=warmup))
 
 
-def bench_model(name: str, trials: int | None, db: Path, tmp: Path, repeat: int) -> dict:
-    """One model's row; ``trials=None`` measures the untuned build only (no tuning, no database)."""
+def symbolic_batch_copy(path: Path, tmp: Path) -> Path:
+    """``path`` with its inputs' and outputs' first dim made the symbol ``N`` (a batch left open)."""
+    m = onnx.load(str(path))
+    for vi in list(m.graph.input) + list(m.graph.output):
+        dims = vi.type.tensor_type.shape.dim
+        if dims:
+            dims[0].dim_param = "N"
+    out = tmp / f"{path.stem}-symbolic.onnx"
+    onnx.save(m, str(out))
+    return out
+
+
+def bench_model(name: str, trials: int | None, db: Path, tmp: Path, repeat: int, layouts: list[str] = ("nchw",),
+                symbolic: bool = False, roofline_top: int = 0) -> dict:
+    """One model's row; ``trials=None`` measures the untuned build only (no tuning, no database).
+
+    With ``trials=None``: one untuned artifact per layout in ``layouts`` ("untuned" is NCHW,
+    "untuned_nchwc" the packed layout), optionally one with the batch dim left symbolic
+    ("untuned_symbolic"), all timed in the same alternating blocks as ORT; ``roofline_top`` > 0
+    adds bench/roofline.py's per-kernel table for each layout.
+    """
     import lepton
 
     path, inputs = model_and_inputs(name, tmp)
@@ -99,14 +141,46 @@ def bench_model(name: str, trials: int | None, db: Path, tmp: Path, repeat: int)
     row["untuned_compile_s"] = compile_tvm(path, inputs, tmp / f"{name}-untuned")
     if trials is None:
         sess = ort_session(path)
-        untuned = lepton.load(str(tmp / f"{name}-untuned"))
+        variants = {"untuned": lepton.load(str(tmp / f"{name}-untuned"))}
+        for lay in layouts:
+            if lay == "nchw":
+                continue
+            print(f"[tvm_speed] {name}: untuned compile, layout {lay}...", file=sys.stderr, flush=True)
+            row[f"untuned_{lay}_compile_s"] = compile_tvm(path, inputs, tmp / f"{name}-untuned-{lay}", layout=lay)
+            variants[f"untuned_{lay}"] = lepton.load(str(tmp / f"{name}-untuned-{lay}"))
+        if symbolic and name != "minilm-l3":
+            print(f"[tvm_speed] {name}: untuned compile, batch left symbolic...", file=sys.stderr, flush=True)
+            t0 = time.perf_counter()
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the symbolic-dims warning is what is measured here
+                lepton.optimize(str(symbolic_batch_copy(path, tmp)), passes="canonicalize", backend="tvm-cpu",
+                                output=str(tmp / f"{name}-untuned-symbolic"))
+            row["untuned_symbolic_compile_s"] = time.perf_counter() - t0
+            variants["untuned_symbolic"] = lepton.load(str(tmp / f"{name}-untuned-symbolic"))
         ref = sess.run(None, inputs)
-        got = list(untuned.run(inputs).values())
-        row["untuned_max_abs_err"] = max(float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
-                                         for a, b in zip(ref, got))
-        med = timed_rounds({"ort": lambda: sess.run(None, inputs), "untuned": lambda: untuned.run(inputs)},
-                           inputs, repeat)
-        row.update(ort_ms=med["ort"], untuned_ms=med["untuned"], untuned_ratio=med["untuned"] / med["ort"])
+        for label, r in variants.items():
+            got = list(r.run(inputs).values())
+            row[f"{label}_max_abs_err"] = max(float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
+                                              for a, b in zip(ref, got))
+        fns = {"ort": lambda: sess.run(None, inputs)}
+        fns.update({label: (lambda r=r: r.run(inputs)) for label, r in variants.items()})
+        med = timed_rounds(fns, inputs, repeat)
+        row["ort_ms"] = med["ort"]
+        for label in variants:
+            row[f"{label}_ms"] = med[label]
+            row[f"{label}_ratio"] = med[label] / med["ort"]
+        if "untuned_symbolic" in variants:
+            row["symbolic_vs_pinned"] = med["untuned_symbolic"] / med["untuned"]
+        if roofline_top:
+            import roofline
+
+            row["roofline"] = {}
+            for lay in layouts:
+                r = kernel_roofline(path, inputs, lay, roofline_top)
+                row["roofline"][lay] = r
+                print(roofline.format_table(name, lay, r), flush=True)
         return row
     r0 = records(db)
     print(f"[tvm_speed] {name}: tuning with {trials} trials into {db}...", file=sys.stderr, flush=True)
@@ -158,8 +232,10 @@ def print_table(rows: list[dict]) -> None:
             print(f"{r['model']:<18} error: {r['error']}")
             continue
         if "tuned_ms" not in r:  # --no-tune
+            extra = "".join(f"; {k[:-3]} {r[k]:.2f} ms ({r[k[:-3] + '_ratio']:.2f})" for k in r
+                            if k.startswith("untuned_") and k.endswith("_ms"))
             print(f"{r['model']:<18} {r['ort_ms']:>8.2f} {r['untuned_ms']:>11.2f} {r['untuned_ratio']:>6.2f}"
-                  f"  (not tuned; untuned compile {r['untuned_compile_s']:.1f} s)")
+                  f"  (not tuned; untuned compile {r['untuned_compile_s']:.1f} s{extra})")
             continue
         print(f"{r['model']:<18} {r['ort_ms']:>8.2f} {r['untuned_ms']:>11.2f} {r['untuned_ratio']:>6.2f} "
               f"{r['tuned_ms']:>9.2f} {r['tuned_ratio']:>6.2f} {r['trials_budget']:>6} "
@@ -173,6 +249,12 @@ def main(argv: list[str] | None = None) -> int:
                     "compiles (--trials is ignored)")
     ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {','.join(MODELS)}")
     ap.add_argument("--repeat", type=int, default=20, help="timed runs per variant (default 20)")
+    ap.add_argument("--layouts", default="nchw", help="with --no-tune: comma-separated tvm-cpu layouts to build "
+                    "and time side by side (nchw, nchwc; default nchw)")
+    ap.add_argument("--symbolic", action="store_true", help="with --no-tune: also time a build with the convnets' "
+                    "batch dim left symbolic (against the pinned one)")
+    ap.add_argument("--roofline", type=int, default=5, metavar="N", help="with --no-tune: per-kernel roofline "
+                    "table of the top N kernels per layout (0: none; default 5)")
     ap.add_argument("--tuning-db", metavar="DIR", help="database folder (default: a fresh temporary one, so "
                     "the trial budget is really spent)")
     ap.add_argument("--json", default=str(Path(__file__).parent / "results" / "tvm_speed.json"))
@@ -189,7 +271,9 @@ def main(argv: list[str] | None = None) -> int:
         db = Path(args.tuning_db) if args.tuning_db else tmp / "tuning-db"
         for n in names:
             try:
-                rows.append(bench_model(n, None if args.no_tune else args.trials, db, tmp, args.repeat))
+                rows.append(bench_model(n, None if args.no_tune else args.trials, db, tmp, args.repeat,
+                                        layouts=[x for x in args.layouts.split(",") if x], symbolic=args.symbolic,
+                                        roofline_top=args.roofline))
             except Exception as e:  # keep the other models' figures
                 rows.append({"model": n, "error": " ".join(str(e).split())[:300]})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
@@ -200,9 +284,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+_LOAD_START = os.getloadavg()
+
+
+def _cpu_model() -> str:
+    from roofline import cpu_info
+
+    c = cpu_info()
+    return f"{c['model']} ({c['isa']})"
+
+
 def _write(args, rows: list[dict], t_all: float, final: bool) -> None:
     out = {
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "cpu": _cpu_model(),
+                    "loadavg_start": _LOAD_START,
                     "loadavg_end": os.getloadavg(), "threads": THREADS},
         "trials_per_model": None if args.no_tune else args.trials,
         "repeat": args.repeat,

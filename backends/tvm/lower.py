@@ -109,10 +109,10 @@ def symbolic_inputs_warning(model: onnx.ModelProto, input_shapes: dict[str, list
     Why a warning and not symbolic code: the search-free schedules (cpu_schedule.py) tile by
     constant extents and give up on symbolic ones, so every kernel of a symbolic build stays
     TVM's naive single-threaded loop nest, and MetaSchedule does not tune them either. Measured
-    (docs/tvm-backend.md, "Symbolic dims"): a ResNet-18-like with its batch left symbolic ran
-    about 20x slower than pinned to batch 1. Making every rule handle
-    symbolic extents (tail loops, runtime tile choice) is a larger job than the 1.2x the issue
-    allows would need; pinning costs the user one flag. The suggested shape puts 1 for each
+    (docs/tvm-backend.md, "Symbolic dims"; ``bench/tvm_speed.py --no-tune --symbolic``): a
+    ResNet-18-like with its batch left symbolic ran 20-45x slower than pinned to batch 1.
+    Getting within the 1.2x that would make a warning unnecessary needs every rule to handle
+    symbolic extents (tail loops, a runtime tile choice); pinning costs the user one flag. The suggested shape puts 1 for each
     symbolic dim (what deployments on one device run); the user picks the real sizes.
     """
     shapes = resolved_input_shapes(model, input_shapes)
@@ -122,7 +122,7 @@ def symbolic_inputs_warning(model: onnx.ModelProto, input_shapes: dict[str, list
     shown = ",".join(f"{name}={'x'.join(str(d) if isinstance(d, int) else '1' for d in shape)}"
                      for name, shape in sym.items())
     dims = "; ".join(f"{name}: {[d for d in shape if not isinstance(d, int)]}" for name, shape in sym.items())
-    return (f"{backend}: symbolic input dims ({dims}) get TVM's naive single-threaded kernels (measured 20x "
+    return (f"{backend}: symbolic input dims ({dims}) get TVM's naive single-threaded kernels (ResNet-18-like: 20-45x "
             f"slower than pinned); pin them: --input-shape {shown} (1 for each symbolic dim; use your sizes)")
 
 
