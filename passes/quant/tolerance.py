@@ -11,6 +11,16 @@ the largest absolute row sum of its weights, Mul/Div by a constant its largest f
 
     atol = k * max over outputs of (s_out * g * sqrt(n)),    rtol = 0
 
+"Of the same order" holds across ops whose output range follows their input's (Conv, MatMul, joins:
+calibration scales the output quantizer with the range), not across an op that squeezes a wide
+range into a narrow one: a quantized Sigmoid reading logits quantized with a step of 0.9 has an
+output step of 1/255, yet its output carries up to 0.9/4 of error from its input. So the error is
+also carried as a bound (c) through the ops whose gain is a true Lipschitz bound of their single
+data input (elementwise activations, pooling, data movement, a constant factor), and a quantizer
+takes max(its own step, the carried bound) instead of forgetting what it is given. (`fuse` made
+this visible: it folds a ConvTranspose's bias Add into the ConvTranspose, so quant8 then
+quantizes the Sigmoid after it too; ppocr-det derived 0.13 after fuse, 7.46 without.)
+
 k (default 4) covers the rounding tails: on the test fixtures the observed error stays below
 2.9 * s_out * sqrt(n) with minmax, entropy and percentile calibration (tests/quant/test_quant8.py
 checks the fixtures against the derived atol).
@@ -29,10 +39,22 @@ from lepton_ir import Model, Node
 from ..util import constant_value
 
 _GAIN_ONE = {"Relu", "Clip", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Reshape",
-             "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Concat", "Resize", "Softmax",
-             "LogSoftmax", "Tanh", "Slice", "Gather", "Split", "Expand", "ReduceMax", "ReduceMin", "Pad",
-             "LeakyRelu", "Erf", "Add", "Sub", "HardSwish", "Max", "Min", "Cast", "DepthToSpace",
+             "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Concat", "Softmax",
+             "Tanh", "Slice", "Gather", "Split", "Expand", "ReduceMax", "ReduceMin", "Pad",
+             "Add", "Sub", "Max", "Min", "Cast", "DepthToSpace",
              "SpaceToDepth", "LayerNormalization", "ReduceMean", "Neg", "Abs"}
+
+#: Ops whose `_gain` is a true Lipschitz bound (infinity norm) from their data inputs to their
+#: output, each output element depending on input elements through that bound alone: an error
+#: bound carried into them comes out multiplied by the gain, whatever the ranges.
+#: (Add/Sub/Mul/Div qualify only with one non-constant input; LayerNormalization, Cast and the
+#: float compute ops never: their gain is an estimate or depends on the data.)
+_LIPSCHITZ = {"Relu", "Clip", "LeakyRelu", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool",
+              "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Identity", "Concat", "Slice", "Gather",
+              "Split", "Expand", "Pad", "DepthToSpace", "SpaceToDepth", "ReduceMax", "ReduceMin", "ReduceMean",
+              "Max", "Min", "Neg", "Abs", "Sigmoid", "HardSigmoid", "Tanh", "Softmax", "LogSoftmax", "Erf",
+              "HardSwish", "Resize"}
+_ONE_DATA_INPUT = {"Add", "Sub", "Mul", "Div"}
 
 
 def _gain(n: Node) -> float:
@@ -44,6 +66,18 @@ def _gain(n: Node) -> float:
         return float(n.attr("alpha", 0.2))
     if op in _GAIN_ONE:
         return 1.0
+    if op == "HardSwish":
+        return 1.5  # x * relu6(x + 3) / 6 has slope (2x + 3) / 6, 1.5 at x = 3
+    if op == "LogSoftmax":
+        return 2.0  # row sum of |d log p_i / d x_j| = 2 (1 - p_i)
+    if op == "Erf":
+        return 2.0 / math.sqrt(math.pi)
+    if op == "LeakyRelu":
+        return max(1.0, abs(float(n.attr("alpha", 0.01))))
+    if op == "Resize":
+        # nearest/linear interpolate with weights in [0, 1] summing to 1; cubic's (A = -0.75)
+        # overshoot: at most 1.375 of absolute weight per axis, 2 resized axes at most in practice
+        return 1.375 ** 2 if n.attr("mode", "nearest") in ("cubic", b"cubic") else 1.0
     consts = [constant_value(v) for v in n.inputs]
     if op in ("Mul",) and any(c is not None for c in consts):
         c = next(c for c in consts if c is not None)
@@ -65,14 +99,26 @@ def _gain(n: Node) -> float:
 
 def scale_error_state(model: Model) -> dict[int, tuple[float, int]]:
     """For each value reached by activation quantization: (s * g, n) as defined above."""
-    state: dict[int, tuple[float, int]] = {}
+    return {k: (e, n) for k, (e, n, _) in _error_state(model).items()}
+
+
+def _error_state(model: Model) -> dict[int, tuple[float, int, float]]:
+    """(e, n, c) per value: e = s * g and n as in the module docstring; c the error bound carried
+    through true-Lipschitz ops since the last activation quantizer (0 once an op whose gain is
+    only an estimate, e.g. a quantized Conv, re-expresses it in its output's scale)."""
+    state: dict[int, tuple[float, int, float]] = {}
     for n in model.graph:
         ins = [state[id(v)] for v in n.inputs if v is not None and id(v) in state]
         if n.op_type == "DequantizeLinear" and constant_value(n.inputs[0]) is None:
             s = constant_value(n.inputs[1])
             if s is not None:
                 prev = ins[0][1] if ins else 0
-                state[id(n.outputs[0])] = (float(np.max(np.abs(s))), prev + 1)
+                carried = ins[0][2] if ins else 0.0
+                # The quantizer rounds what it is given: its error is its own step or the error
+                # already in its input, whichever is larger (a Sigmoid's 1/255 step does not undo
+                # the error its logits carry in).
+                e = max(float(np.max(np.abs(s))), carried)
+                state[id(n.outputs[0])] = (e, prev + 1, e)
             continue
         if not ins:
             continue
@@ -82,9 +128,20 @@ def scale_error_state(model: Model) -> dict[int, tuple[float, int]]:
         g = _gain(n)
         se = max(x[0] for x in ins) * g
         cnt = max(x[1] for x in ins)
+        lipschitz = n.op_type in _LIPSCHITZ or (n.op_type in _ONE_DATA_INPUT and _constant_operand(n))
+        c = max(x[2] for x in ins) * g if lipschitz else 0.0
         for o in n.outputs:
-            state[id(o)] = (se, cnt)
+            state[id(o)] = (se, cnt, c)
     return state
+
+
+def _constant_operand(n: Node) -> bool:
+    """Add/Sub/Mul/Div of one tensor and a constant (the divisor, for Div): a true Lipschitz gain."""
+    if len(n.inputs) != 2 or any(v is None for v in n.inputs):
+        return False
+    if n.op_type == "Div":
+        return constant_value(n.inputs[1]) is not None
+    return sum(constant_value(v) is not None for v in n.inputs) == 1
 
 
 def qdq_tolerance(model: Model, k: float = 4.0, floor: tuple[float, float] = (1e-4, 1e-5)) -> tuple[float, float]:
