@@ -476,14 +476,21 @@ class InferenceService:
                  log: Callable[[str], None] | None = None) -> None:
         self.runner = runner
         self.spec = spec
+        # name -> (spec, runner, lock or None): one model, or every cut's cloud half of a split
+        # artifact (`add_model`; docs/split.md).
+        self.models: dict[str, tuple[ModelSpec, Any, threading.Lock | None]] = {}
         self.token = token
         self.max_request_bytes = int(max_request_bytes)
-        self._lock = threading.Lock() if serialize else None
         self.log = log or (lambda line: None)
         self.draining = False
         self._inflight = 0
         self._idle = threading.Condition()
         self.stats = {"requests": 0, "errors": 0, "inferences": 0}
+        self.add_model(spec, runner, serialize)
+
+    def add_model(self, spec: ModelSpec, runner: Any, serialize: bool = True) -> None:
+        """Serve one more model under `/v2/models/<spec.name>`."""
+        self.models[spec.name] = (spec, runner, threading.Lock() if serialize else None)
 
     @classmethod
     def from_artifact(cls, artifact: str | os.PathLike, *, model_name: str | None = None, **kw: Any,
@@ -499,6 +506,24 @@ class InferenceService:
         name = model_name or default_model_name(folder)
         if not _NAME_RE.match(name):
             raise ServeError(f"model name {name!r} must be 1-128 characters of letters, digits, '_', '.', '-'")
+        split = (manifest.get("extra") or {}).get("split")
+        if split:
+            # A split artifact (docs/split.md): its halves cannot run as one model here (the edge
+            # half is aarch64); serve every cut's cloud half as model NAME.CUT, so the edge runtime
+            # switches cuts without another server.
+            halves = [(cid, c["cloud"]) for cid, c in sorted(split.get("cuts", {}).items()) if c.get("cloud")]
+            if not halves:
+                raise ServeError(f"{artifact}: a split artifact without cloud halves (every cut is edge-only)")
+            service = None
+            for cid, rel in halves:
+                sub = read_manifest(folder / rel)
+                spec = ModelSpec.from_manifest(sub, f"{name[:100]}.{cid}")
+                serialize = kw.get("serialize", not _thread_safe(sub))
+                if service is None:
+                    service = cls(load(folder / rel), spec, **{**kw, "serialize": serialize})
+                else:
+                    service.add_model(spec, load(folder / rel), serialize)
+            return service
         spec = ModelSpec.from_manifest(manifest, name)
         runner = load(folder)
         kw.setdefault("serialize", not _thread_safe(manifest))
@@ -567,7 +592,7 @@ class InferenceService:
         if rest == []:
             self._expect(method, "GET")
             return _json_response(200, {"name": "lepton", "version": _lepton_version(),
-                                        "extensions": ["binary_tensor_data"], "models": [self.spec.name]})
+                                        "extensions": ["binary_tensor_data"], "models": list(self.models)})
         if rest == ["health", "live"]:
             self._expect(method, "GET")
             return _json_response(200, {"live": True})
@@ -576,8 +601,10 @@ class InferenceService:
             return _json_response(503 if self.draining else 200, {"ready": not self.draining})
         if rest[0] == "models" and len(rest) >= 2:
             name, tail = urllib.parse.unquote(rest[1]), rest[2:]
-            if name != self.spec.name:
-                raise BadRequest(404, f"unknown model {name[:200]!r}; this server has {self.spec.name!r}")
+            if name not in self.models:
+                shown = repr(self.spec.name) if len(self.models) == 1 else f"{len(self.models)} models (GET /v2)"
+                raise BadRequest(404, f"unknown model {name[:200]!r}; this server has {shown}")
+            spec, runner, lock = self.models[name]
             if tail[:1] == ["versions"]:
                 if len(tail) < 2 or tail[1] != ModelSpec.VERSION:
                     raise BadRequest(404, f"unknown version {'/'.join(tail[1:2])!r} of model {name!r}; it has "
@@ -585,13 +612,13 @@ class InferenceService:
                 tail = tail[2:]
             if tail == []:
                 self._expect(method, "GET")
-                return _json_response(200, self.spec.metadata())
+                return _json_response(200, spec.metadata())
             if tail == ["ready"]:
                 self._expect(method, "GET")
                 return _json_response(200, {"name": name, "ready": not self.draining})
             if tail == ["infer"]:
                 self._expect(method, "POST")
-                return self._infer(headers, read_body)
+                return self._infer(headers, read_body, spec, runner, lock)
         raise BadRequest(404, f"no route {path[:200]!r}")
 
     @staticmethod
@@ -599,7 +626,8 @@ class InferenceService:
         if method != allowed:
             raise BadRequest(405, f"method {method} not allowed here; use {allowed}")
 
-    def _infer(self, headers: Mapping[str, str], read_body: Callable[[int], bytes]) -> Response:
+    def _infer(self, headers: Mapping[str, str], read_body: Callable[[int], bytes], spec: ModelSpec, runner: Any,
+               lock: threading.Lock | None) -> Response:
         length = headers.get("content-length") or headers.get("Content-Length")
         if length is None:
             raise BadRequest(411, "an infer request needs a Content-Length", close=True)
@@ -611,13 +639,16 @@ class InferenceService:
                                   f"(--max-request-bytes)", close=True)
         body = read_body(n)
         header_length = headers.get(HEADER_LENGTH.lower()) or headers.get(HEADER_LENGTH)
-        feeds, outs, rid = decode_infer_request(body, header_length, self.spec)
+        feeds, outs, rid = decode_infer_request(body, header_length, spec)
         try:
-            if self._lock is not None:
-                with self._lock:
-                    results = self.runner.run(feeds)
+            if lock is not None:
+                with lock:
+                    t0 = time.perf_counter()
+                    results = runner.run(feeds)
             else:
-                results = self.runner.run(feeds)
+                t0 = time.perf_counter()
+                results = runner.run(feeds)
+            compute_ms = (time.perf_counter() - t0) * 1e3
         except LeptonError as e:  # ONNX Runtime's complaints about what was sent (e.g. inconsistent dims)
             raise BadRequest(400, f"inference failed: {e}") from None
         self.stats["inferences"] += 1
@@ -625,7 +656,9 @@ class InferenceService:
             chosen = [(name, np.asarray(results[name]), b) for name, b in outs]
         except KeyError as e:
             raise BadRequest(500, f"the artifact did not produce output {e}") from None
-        body, hdrs = encode_infer_response(self.spec.name, rid, chosen)
+        body, hdrs = encode_infer_response(spec.name, rid, chosen)
+        # The W3C Server-Timing header: the edge runtime subtracts it to see the link (split_runtime).
+        hdrs["Server-Timing"] = f"infer;dur={compute_ms:.3f}"
         return Response(200, body, hdrs)
 
 
@@ -778,6 +811,12 @@ def is_loopback(host: str) -> bool:
 # ------------------------------------------------------------------------------------------------
 # The client
 # ------------------------------------------------------------------------------------------------
+def _server_timing(value: str | None) -> float | None:
+    """`infer;dur=1.234` -> 1.234 (ms), else None."""
+    m = re.search(r"(?:^|,)\s*infer\s*;(?:[^,]*;)?\s*dur=([0-9.]+)", value or "")
+    return float(m.group(1)) if m else None
+
+
 class InferenceClient:
     """A client of an Open Inference Protocol v2 server (lepton-serve, either engine, or KServe/Triton).
 
@@ -966,7 +1005,15 @@ class InferenceClient:
             headers[HEADER_LENGTH] = str(len(header))
         body = b"".join([header, *blobs])
         hdrs, data = self._checked("POST", self._model_path() + "/infer", body, headers)
+        self._local.last = {"request_bytes": len(body), "response_bytes": len(data),
+                            "server_ms": _server_timing(hdrs.get("Server-Timing"))}
         return self._decode(data, hdrs.get(HEADER_LENGTH), rid, None if outputs is None else list(outputs))
+
+    @property
+    def last_exchange(self) -> dict[str, Any] | None:
+        """This thread's last infer: request and response body bytes and the server's own compute
+        time (`server_ms`, from its Server-Timing header; None when it sent none)."""
+        return getattr(self._local, "last", None)
 
     def _decode(self, data: bytes, header_length: str | None, rid: str, wanted: list[str] | None,
                 ) -> dict[str, np.ndarray]:
