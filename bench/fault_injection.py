@@ -373,6 +373,180 @@ def concurrent_tuning(writers: int = 2, per_writer: int = 30, log=print) -> dict
 
 
 # ------------------------------------------------------------------------------------------------
+# A real MetaSchedule run writing the tuning database
+# ------------------------------------------------------------------------------------------------
+def conv_model(path: Path, channels: tuple[int, ...], size: int = 16) -> Path:
+    """A chain of 3x3 Conv+Relu layers (one fused TVM kernel each), input `x` [1, c0, size, size]."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(len(channels))
+    nodes, inits, prev = [], [], "x"
+    for i, (cin, cout) in enumerate(zip(channels, channels[1:])):
+        w = (rng.standard_normal((cout, cin, 3, 3)) * 0.1).astype(np.float32)
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        nodes += [helper.make_node("Conv", [prev, f"w{i}"], [f"c{i}"], kernel_shape=[3, 3], pads=[1, 1, 1, 1]),
+                  helper.make_node("Relu", [f"c{i}"], [f"r{i}"])]
+        prev = f"r{i}"
+    nodes[-1].output[0] = "y"
+    g = helper.make_graph(nodes, "convs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels[0], size, size])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, channels[-1], size, size])], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, path)
+    return path
+
+
+def _db_lines(db_dir: Path) -> tuple[list[bytes], list[bytes]]:
+    """(workload lines, record lines) of a JSON database: the complete (newline-ended) lines."""
+    out = []
+    for name in ("database_workload.json", "database_tuning_record.json"):
+        p = db_dir / name
+        data = p.read_bytes() if p.exists() else b""
+        out.append(data.splitlines(keepends=True)[: data.count(b"\n")])
+    return out[0], out[1]
+
+
+def _conv_artifact_ok(out: Path) -> str | None:
+    """None when `out` is absent; 'ok' when it verifies, loads and runs; raises otherwise."""
+    if not out.exists():
+        return None
+    import numpy as np
+
+    import lepton
+    from lepton_backends import read_manifest
+
+    manifest = read_manifest(out)
+    shape = manifest["inputs"][0]["shape"]
+    lepton.load(out).run({"x": np.zeros(shape, np.float32)})
+    return "ok"
+
+
+def fault_tuning_real(points: int, seed: int = 0, trials: int = 2, log=print) -> dict[str, Any]:
+    """SIGKILL a real `lepton-opt --backend tvm-cpu --tune` run while MetaSchedule writes its database.
+
+    The database starts with another model's tuned records (what an earlier compile left). Kill
+    points: 2 in 3 are the N-th write() to the record or the workload file (strace `-P FILE
+    -e inject=write:signal=KILL:when=N`: the process dies exactly as it is about to append that
+    line), the rest random moments of the whole run (start-up, the baseline measurements, the
+    search, the build, the artifact write). After each kill: the database must load
+    (`open_database`) holding every complete line (no record lost, the earlier model's included);
+    an uninterrupted rerun must succeed, append to it (the file before the rerun is a prefix of
+    the file after), reuse every kernel that had a committed record ("K already tuned"), and
+    leave an artifact that loads and runs.
+    """
+    from lepton_backends.tvm.tune import open_database
+
+    rng = random.Random(seed)
+    res: dict[str, Any] = {"writer": "tuning-real", "kill_points": 0, "in_write": 0, "corrupt": 0, "lost_records": 0,
+                           "failed_reruns": 0, "not_reused": 0, "by_point": {}, "problems": []}
+    with tempfile.TemporaryDirectory(prefix="lepton-faults-tune-") as tmp:
+        root = Path(tmp)
+        old_model = conv_model(root / "old.onnx", (4, 4))
+        model = conv_model(root / "model.onnx", (8, 16, 8))  # two kernels to tune
+
+        def cmd(db: Path, out: Path, src: Path = model) -> list[str]:
+            return lepton_opt(str(src), "--backend", "tvm-cpu", "--tune", str(trials), "--tuning-db", str(db),
+                              "--no-fallback", "-o", str(out))
+
+        base = root / "base"
+        r = _run(cmd(base, root / "old-out", old_model), timeout=1800)
+        if r.returncode != 0:
+            raise RuntimeError(f"tuning-real: tuning the first model failed: {r.stderr.strip()[-500:]}")
+        base_wl, base_rec = _db_lines(base)
+        # One uninterrupted run: how long it takes and how many lines it appends.
+        dry = root / "dry"
+        shutil.copytree(base, dry)
+        t0 = time.monotonic()
+        r = _run(cmd(dry, root / "dry-out"), timeout=1800)
+        duration = time.monotonic() - t0
+        if r.returncode != 0:
+            raise RuntimeError(f"tuning-real: the uninterrupted run failed: {r.stderr.strip()[-500:]}")
+        wl, rec = _db_lines(dry)
+        n_wl, n_rec = len(wl) - len(base_wl), len(rec) - len(base_rec)
+        res.update(run_seconds=round(duration, 1), workload_lines=n_wl, record_lines=n_rec)
+        log(f"tuning-real: one run {duration:.0f} s, appends {n_wl} workload and {n_rec} record lines")
+        out = root / "out"
+        for k in range(points):
+            db = root / f"db{k}"
+            shutil.copytree(base, db)
+            if k % 3 != 2 and shutil.which("strace"):
+                fname, n = (("database_tuning_record.json", rng.randint(1, n_rec)) if rng.random() < 0.75 or not n_wl
+                            else ("database_workload.json", rng.randint(1, n_wl)))
+                point = f"write {n} of {fname.split('_', 1)[1].split('.')[0]}"
+                p = subprocess.Popen(["strace", "-qq", "-o", "/dev/null", "-P", str(db / fname), "-e", "trace=write",
+                                      "-e", f"inject=write:signal=KILL:when={n}", "--", *cmd(db, out)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, cwd=REPO,
+                                     start_new_session=True)
+                try:
+                    p.wait(timeout=1800)
+                finally:
+                    _kill_group(p)  # MetaSchedule's builder/runner workers outlive the killed parent
+                killed = p.returncode != 0
+                res["by_point"]["write"] = res["by_point"].get("write", 0) + 1
+            else:
+                delay = duration * rng.uniform(0.0, 1.05)
+                point = f"{delay:.1f} s in"
+                p = subprocess.Popen(cmd(db, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV,
+                                     cwd=REPO, start_new_session=True)
+                try:
+                    p.wait(timeout=delay)
+                    killed = False
+                except subprocess.TimeoutExpired:
+                    killed = True
+                _kill_group(p)
+                res["by_point"]["random"] = res["by_point"].get("random", 0) + 1
+            res["kill_points"] += 1
+            wl_k, rec_k = _db_lines(db)
+            res["in_write"] += killed and len(rec_k) - len(base_rec) < n_rec
+            # The database loads, and holds every complete line, the earlier model's first.
+            try:
+                loaded = len(open_database(db).get_all_tuning_records())
+            except Exception as e:  # noqa: BLE001 - a database that does not load is corrupt
+                res["corrupt"] += 1
+                res["problems"].append(f"kill {k} ({point}): database does not load: {type(e).__name__}: {str(e)[-200:]}")
+                continue
+            wl_k, rec_k = _db_lines(db)  # after open_database's repair of a torn tail
+            lost = (len(rec_k) - loaded) + (0 if rec_k[: len(base_rec)] == base_rec else len(base_rec))
+            res["lost_records"] += max(lost, 0)
+            if lost:
+                res["problems"].append(f"kill {k} ({point}): {lost} committed records not loaded")
+            # Kernels of this model with a committed record: what the rerun must reuse.
+            committed = {json.loads(line)[0] for line in rec_k[len(base_rec):]} - set(range(len(base_wl)))
+            before = (db / "database_tuning_record.json").read_bytes()
+            try:
+                state = _conv_artifact_ok(out)
+            except Exception as e:  # noqa: BLE001 - a half-written artifact
+                res["corrupt"] += 1
+                res["problems"].append(f"kill {k} ({point}): artifact corrupt: {type(e).__name__}: {e}")
+            r = _run(cmd(db, out), timeout=1800)
+            after = (db / "database_tuning_record.json").read_bytes()
+            import re
+
+            m = re.search(r"(\d+) kernels, (\d+) already tuned", r.stderr)
+            reused = int(m.group(2)) if m else -1
+            try:
+                state = _conv_artifact_ok(out)
+            except Exception as e:  # noqa: BLE001
+                state = f"{type(e).__name__}: {e}"
+            if r.returncode != 0 or state != "ok":
+                res["failed_reruns"] += 1
+                res["problems"].append(f"kill {k} ({point}): rerun failed: {r.stderr.strip()[-300:]} / {state}")
+            if not after.startswith(before):
+                res["lost_records"] += 1
+                res["problems"].append(f"kill {k} ({point}): the rerun rewrote committed records")
+            if reused != len(committed):
+                res["not_reused"] += 1
+                res["problems"].append(f"kill {k} ({point}): rerun reused {reused} kernels, {len(committed)} had records")
+            log(f"  kill {k}: {point}: killed={killed}, {len(rec_k) - len(base_rec)}/{n_rec} records committed, "
+                f"{len(committed)} kernels -> rerun reused {reused}")
+            shutil.rmtree(db, ignore_errors=True)
+    log(_summary(res) + f", not reused {res['not_reused']}")
+    return res
+
+
+# ------------------------------------------------------------------------------------------------
 # Disk full, read-only
 # ------------------------------------------------------------------------------------------------
 @contextlib.contextmanager
@@ -482,8 +656,8 @@ def _summary(res: dict[str, Any]) -> str:
             f"{res['corrupt']} corrupt outputs{extra}{states}")
 
 
-WRITERS = ("artifact-onnx", "artifact-tvm", "calibration", "tuning-db", "tuning-concurrent", "disk")
-DEFAULT_POINTS = {"artifact-onnx": 40, "artifact-tvm": 15, "calibration": 25, "tuning-db": 25}
+WRITERS = ("artifact-onnx", "artifact-tvm", "calibration", "tuning-db", "tuning-real", "tuning-concurrent", "disk")
+DEFAULT_POINTS = {"artifact-onnx": 40, "artifact-tvm": 15, "calibration": 25, "tuning-db": 25, "tuning-real": 12}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -500,6 +674,8 @@ def main(argv: list[str] | None = None) -> int:
             results.append(fault_artifact(w, n, args.seed))
         elif w == "tuning-db":
             results.append(fault_tuning_db(n, args.seed))
+        elif w == "tuning-real":
+            results.append(fault_tuning_real(n, args.seed))
         elif w == "tuning-concurrent":
             results.append(concurrent_tuning())
         else:
@@ -510,7 +686,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2))
-    bad = sum(r.get("corrupt", 0) + r.get("lost_records", 0) + r.get("failed_reruns", 0) for r in results)
+    bad = sum(r.get("corrupt", 0) + r.get("lost_records", 0) + r.get("failed_reruns", 0) + r.get("not_reused", 0)
+              for r in results)
     return 1 if bad else 0
 
 

@@ -346,9 +346,11 @@ def fuzz_combo(pipeline: str, backend: str, seconds: float, log=print, worker: W
             seen.add(key)
             counts["mismatches"] += 1
             base = f"{re.sub('[^a-z0-9-]', '_', pipeline)}-{backend}"
-            n = len(counts["findings"])
+            n = 1
+            while (save_root / (base if n == 1 else f"{base}-{n}")).exists():  # never overwrite a saved one
+                n += 1
             folder = save_reproducer(last["proto"], last["seed"], pipeline, backend, last["error"],
-                                     save_root / (base if n == 0 else f"{base}-{n + 1}"))
+                                     save_root / (base if n == 1 else f"{base}-{n}"))
             counts["findings"].append({"error": last["error"], "reproducer": str(folder)})
             log(f"  finding: {last['error']} -> {folder}")
     if own:

@@ -62,6 +62,18 @@ def test_kill_during_tuning_database_write() -> None:
     assert res["kill_points"] == 3
 
 
+@needs_strace
+@pytest.mark.slow
+def test_kill_during_a_real_metaschedule_run() -> None:
+    """`lepton-opt --tune` itself killed at a write to its database and at a random moment: the
+    database loads with every committed record and the rerun reuses them (about 5 min here)."""
+    pytest.importorskip("tvm")
+    res = F.fault_tuning_real(points=3, seed=5, log=lambda s: None)
+    _clean(res)
+    assert res["not_reused"] == 0, res["problems"]
+    assert res["kill_points"] == 3 and res["in_write"] >= 1, res
+
+
 def test_two_writers_into_one_database_lose_nothing() -> None:
     pytest.importorskip("tvm")
     res = F.concurrent_tuning(writers=2, per_writer=20, log=lambda s: None)
