@@ -258,11 +258,22 @@ def artifact_signature(stages: Sequence[Mapping[str, Any]], outputs: Sequence[st
 
 def write_manifest(root: Path, stages: Sequence[Mapping[str, Any]], *, pipeline: str = "",
                    source_sha256: str | None = None, outputs: Sequence[str] | None = None,
-                   extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Write manifest.json (+ its sha256) for the stages whose files are already under `root`."""
+                   extra: Mapping[str, Any] | None = None,
+                   graph_inputs: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """Write manifest.json (+ its sha256) for the stages whose files are already under `root`.
+
+    `graph_inputs` (the compiled model's own input specs, in order) makes the artifact take
+    exactly the model's inputs, also those no stage reads: a partitioned model whose unused input
+    fed no stage would otherwise refuse the model's own inputs (fuzz finding A, docs/hardening.md).
+    A stage's spec of an input wins over the model's (it has the pinned shape)."""
     if not stages:
         raise LeptonError("an artifact needs at least one stage")
     inputs, outs = artifact_signature(stages, outputs)
+    if graph_inputs is not None:
+        read = {s["name"]: s for s in inputs}
+        names = [str(g["name"]) for g in graph_inputs]
+        inputs = [read.get(str(g["name"]), dict(g)) for g in graph_inputs] + \
+                 [s for s in inputs if s["name"] not in names]
     manifest: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

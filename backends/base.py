@@ -170,8 +170,15 @@ class Backend:
         check_output_path(out_dir)
         with atomic_dir(out_dir) as staging:
             built = self.build_stages(model, staging, target=target, options=options, run_pipeline=run_pipeline)
-            manifest = write_manifest(staging, [entry for _, entry in built], pipeline=pipeline_text,
-                                      source_sha256=source_sha256, extra=extra)
+            entries = [entry for _, entry in built]
+            # Only a backend that split the model needs the model's own inputs and outputs
+            # restated (a single stage already has them all, in its backend's own spelling);
+            # the model's outputs, not the last stage's: an earlier stage can produce some of them
+            multi = len(entries) > 1
+            manifest = write_manifest(staging, entries, pipeline=pipeline_text,
+                                      source_sha256=source_sha256, extra=extra,
+                                      graph_inputs=_graph_inputs(model) if multi else None,
+                                      outputs=[v.name for v in model.graph.outputs] if multi else None)
             check_loads(staging, manifest, [be for be, _ in built])
             before_publish()
         return Path(out_dir)
@@ -184,6 +191,13 @@ class Backend:
         stage = self.build_stage(model, staging, target=target, options=options, run_pipeline=run_pipeline)
         stage.update(name="main", dir=".", nodes=len(model.graph))
         return [(self, stage)]
+
+
+def _graph_inputs(model: Model) -> list[dict[str, Any]]:
+    """The model's inputs as manifest specs (name, dtype, shape)."""
+    from .onnx_backend import model_signature
+
+    return model_signature(model)[0]
 
 
 @dataclasses.dataclass

@@ -286,8 +286,11 @@ def _deviation(ref: Sequence[np.ndarray], got: Sequence[np.ndarray], acc: list[d
         if a.dtype.kind not in "fiub" or not a.size:
             continue
         a64, b64 = a.astype(np.float64), b.astype(np.float64)
-        both_nan = np.isnan(a64) & np.isnan(b64)
-        d = np.where(both_nan, 0.0, np.abs(a64 - b64))
+        # equal infinities (a masked score of -inf on both sides) and NaN on both agree; inf - inf
+        # would otherwise be NaN and read as an infinite deviation
+        same = (np.isnan(a64) & np.isnan(b64)) | (a64 == b64)
+        with np.errstate(invalid="ignore"):
+            d = np.where(same, 0.0, np.abs(a64 - b64))
         d = np.where(np.isnan(d), np.inf, d)
         item["max_abs"] = max(item["max_abs"], float(d.max()))
         item["max_ref"] = max(item["max_ref"], float(np.nanmax(np.abs(a64))) if np.isfinite(a64).any() else 0.0)
