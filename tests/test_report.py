@@ -455,23 +455,32 @@ def test_cli_report_user_errors(tmp_path: Path, args: list[str], message: str) -
 
 
 def test_readme_first_command(tmp_path: Path) -> None:
-    """The README's first command (after `pip install -e . &&`) runs from the clone and prints the
-    gains the README quotes: sizes, latency against ONNX Runtime, accuracy on the labelled digits."""
+    """The README's first command (each step after `pip install -e .`, in a fresh folder) prints
+    the gains the README quotes: sizes, latency against ONNX Runtime, accuracy on labelled files."""
     import shlex
 
     repo = Path(__file__).resolve().parents[1]
     block = re.search(r"```sh\n(.*?)```", (repo / "README.md").read_text(), re.S).group(1)
-    first = block.split("pip install -e . && ", 1)[1].split("\n\n", 1)[0].replace("\\\n", " ")
-    argv = shlex.split(first)
+    chain = block.split("pip install -e . && ", 1)[1].split("\n\n", 1)[0].replace("\\\n", " ")
+    steps = [shlex.split(step.replace("~/.cache/lepton/models/", f"{corpus.models_dir()}/"))
+             for step in chain.split(" && ")]
+    assert [st[:3] for st in steps[:2]] == [["python", "-m", "lepton_ir.testing.corpus"]] * 2
+    env = {**os.environ, "LEPTON_NO_PROGRESS": "1"}
+    for st in steps[:-1]:  # fetch (a cache hit here: .ci/run fetched) and the labelled data
+        p = subprocess.run([sys.executable, *st[1:]], capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+        assert p.returncode == 0, p.stderr
+    argv = steps[-1]
     assert argv[0] == "lepton-opt" and "--report" in argv and "--report-data" in argv
-    argv = [a.replace("out/", f"{tmp_path}/out/") for a in argv[1:]]
     p = subprocess.run([sys.executable, "-c", "import sys; from lepton.cli import opt_main; sys.exit(opt_main())",
-                        *argv], capture_output=True, text=True, timeout=600, cwd=repo,
-                       env={**os.environ, "LEPTON_NO_PROGRESS": "1"})
+                        *argv[1:]], capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
     assert p.returncode == 0, p.stderr
     out = p.stdout.splitlines()
-    assert re.match(r"lepton/data/digits_cnn.onnx: 8 -> \d+ nodes.* wrote .*out/digits$", out[0]), out
-    assert re.match(r"wrote report .*out/digits.html: size 16.2 kB -> [\d.]+ kB; latency [\d.]+ ms in ONNX Runtime -> "
-                    r"[\d.]+ ms \([\d.]+x (faster|slower)\); top-1 accuracy 99.17% -> 9\d.\d\d% on 360 labelled samples; "
+    assert re.match(r".*magika.onnx: 95 -> \d+ nodes, 3.0 MB -> [\d.]+ kB.* wrote out/magika$", out[0]), out
+    assert re.match(r"wrote report out/magika.html: size 3.0 MB -> [\d.]+ kB; latency [\d.]+ ms in ONNX Runtime -> "
+                    r"[\d.]+ ms \([\d.]+x (faster|slower)\); top-1 accuracy [\d.]+% -> [\d.]+% on 400 labelled samples; "
                     r"max abs deviation from ONNX Runtime [\d.e+-]+$", out[1]), out
+    # the accuracy the README claims: within a point of the float model on the same files
+    acc = [float(x) for x in re.findall(r"([\d.]+)%", out[1])]
+    assert acc[0] - acc[1] <= 1.0, out[1]
+    assert (tmp_path / "out" / "magika.html").is_file() and not (repo / "out" / "magika").exists()
     assert "lepton-opt: warning" not in p.stderr, p.stderr

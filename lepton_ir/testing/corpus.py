@@ -993,7 +993,7 @@ def _cmd_list() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry: ``fetch [NAME ...]`` or ``list``; returns the exit status."""
+    """CLI entry: ``fetch [NAME ...]``, ``list`` or ``data magika OUT``; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m lepton_ir.testing.corpus", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     pf = sub.add_parser("fetch", help="download, verify and cache real models (install time only)")
@@ -1001,6 +1001,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     pf.add_argument("--dest", help="cache folder (default: $LEPTON_MODELS_DIR or ~/.cache/lepton/models)")
     pf.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     sub.add_parser("list", help="show the corpus and what is cached")
+    pd = sub.add_parser("data", help="write a labelled data set built from real files of this machine")
+    pd.add_argument("name", choices=["magika"], help="magika: files labelled by extension (lepton_ir.testing.magika_data)")
+    pd.add_argument("out", help="folder for NAME_calib.npz (inputs) and NAME_test.npz (inputs and labels)")
+    pd.add_argument("--test", type=int, default=400, help="test samples (default 400, spread over the file types)")
     args = parser.parse_args(argv)
     try:
         if args.cmd == "fetch":
@@ -1008,6 +1012,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             fetch(args.dest, args.names or None, progress=not args.quiet)
             if not args.quiet:
                 print(f"[corpus] done in {time.perf_counter() - t0:.1f} s")
+        elif args.cmd == "data":
+            from . import magika_data
+
+            calib, test = magika_data.write_npz(args.out, test_count=args.test)
+            print(f"wrote {calib} (calibration, no labels) and {test} (labelled test set)")
         else:
             _cmd_list()
     except Exception as e:  # noqa: BLE001 - the CLI contract is a one-line error and exit 1
