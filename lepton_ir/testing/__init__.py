@@ -27,7 +27,7 @@ def __getattr__(name: str) -> Any:
     # the latter looks the submodule up as an attribute first, which would recurse into here.
     import importlib
 
-    if name in ("corpus", "strategies"):
+    if name in ("corpus", "strategies", "magika_data"):
         return importlib.import_module(f"{__name__}.{name}")
     strategies = importlib.import_module(f"{__name__}.strategies")
     if name in strategies.__all__:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import corpus
+from lepton_ir.testing import corpus
 
 PER_EXT = 120
 
