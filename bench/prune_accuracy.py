@@ -44,29 +44,34 @@ ARM_FILES = [64]
 TARGET = {"kind": "macs", "distill": False, "distill_budget": 240, "output_loss": "kl"}
 
 
-def variants(macs: float, calib: str, batch: int, multiple: int, teacher: str = "") -> list[tuple[str, str]]:
-    if TARGET["kind"] == "latency":
-        # the measured target: the rounding follows the detected SIMD width unless multiple= is given
-        p = f"prune{{latency={macs},calib=\"{calib}\"" + (f",multiple={multiple}" if multiple > 1 else "")
-    else:
-        p = f"prune{{macs={macs},multiple={multiple}"
+def variants(macs: float, calib: str, batch: int, multiple: int | None, teacher: str = "") -> list[tuple[str, str]]:
+    """(row name, pipeline) per variant; multiple=None: the SIMD width with --latency, else 8."""
     c = f'calib="{calib}",calib-batch={batch}'
+    if TARGET["kind"] == "latency":
+        # the measured target times the first calib= batch (`batch` samples), so every variant carries
+        # calib= (once: prune's options take each key once) and times the same batch; the rounding follows
+        # the detected SIMD width unless multiple= is given
+        p = f"prune{{latency={macs},{c}" + (f",multiple={multiple}" if multiple is not None else "")
+        act = f"{p},importance=activation"
+    else:
+        p = f"prune{{macs={macs},multiple={multiple or 8}"
+        act = f"{p},importance=activation,{c}"
     out = [
         ("random, no recovery", f"{p},importance=random}}"),
         ("L1, no recovery", f"{p}}}"),
         ("L1 + bias compensation", f"{p}}},reconstruct{{{c},refit=false}}"),
         ("L1 + reconstruct (ridge refit)", f"{p}}},reconstruct{{{c}}}"),
-        ("activation, no recovery", f"{p},importance=activation,{c}}}"),
-        ("activation + reconstruct", f"{p},importance=activation,{c}}},reconstruct{{{c}}}"),
+        ("activation, no recovery", f"{act}}}"),
+        ("activation + reconstruct", f"{act}}},reconstruct{{{c}}}"),
     ]
     if TARGET["distill"] and teacher:
         d = (f'distill{{teacher="{teacher}",calib="{calib}",epochs=20,batch=16,time-budget={TARGET["distill_budget"]},'
              f'output-loss={TARGET["output_loss"]},threads=2}}')
-        out.append(("activation + reconstruct + distill", f"{p},importance=activation,{c}}},reconstruct{{{c}}},{d}"))
+        out.append(("activation + reconstruct + distill", f"{act}}},reconstruct{{{c}}},{d}"))
     return out
 
 
-def evaluate(path, feeds_calib: dict, predict, label: str, macs: float, batch: int, multiple: int = 8) -> dict:
+def evaluate(path, feeds_calib: dict, predict, label: str, macs: float, batch: int, multiple: int | None = None) -> dict:
     out = {}
     base = lepton_ir.load(str(path))
     out["float_top1"] = predict(base)
@@ -165,7 +170,7 @@ def bench_minilm(macs: float, quick: bool) -> dict:
 
 
 def arm_row(name: str, best_pipeline: str, calib: dict, test: dict, labels, out_name: str | None,
-            port: int = 9096) -> dict:
+            port: int = 9321) -> dict:
     """`prune,reconstruct,fuse,quant8` on the emulated aarch64 device vs the same model on the host."""
     import lepton
     from lepton import device
