@@ -95,6 +95,17 @@ def _gain(n: Node) -> float:
     op = n.op_type
     if op == "Sigmoid":
         return 0.25
+    if op == "BatchNormalization":
+        # per-channel affine: y = scale * (x - mean) / sqrt(var + eps) + bias, a true Lipschitz
+        # gain when scale and var are constants (the fuzzer's Conv -> BN with var 0.015: 10.2,
+        # where 1 had made the tolerance too small; a BN fold-batchnorm cannot fold, e.g. when the
+        # Conv's output is also a graph output)
+        sc = constant_value(n.inputs[1]) if len(n.inputs) > 4 else None
+        var = constant_value(n.inputs[4]) if len(n.inputs) > 4 else None
+        if sc is not None and var is not None and np.size(sc) and np.size(var):
+            eps = float(n.attr("epsilon", 1e-5))
+            return float(np.max(np.abs(np.asarray(sc, np.float64)) / np.sqrt(np.asarray(var, np.float64) + eps)))
+        return 1.0
     if op == "Exp":
         # d exp(x) = exp(x) dx: the gain is exp of the largest input, known when a quantizer
         # bounds the input (the fuzzer's Relu -> MatMul -> Exp: exp(1.93) = 6.9, where 1 had made
@@ -168,6 +179,7 @@ def _error_state(model: Model) -> dict[int, tuple[float, int, float]]:
         se = max(x[0] for x in ins) * g
         cnt = max(x[1] for x in ins)
         lipschitz = n.op_type in _LIPSCHITZ or (n.op_type in _ONE_DATA_INPUT and _constant_operand(n)) or \
+            (n.op_type == "BatchNormalization" and all(constant_value(v) is not None for v in n.inputs[1:])) or \
             (n.op_type == "Exp" and _upper_bound(n.inputs[0]) is not None)  # its gain is then a true bound
         c = max(x[2] for x in ins) * g if lipschitz else 0.0
         for o in n.outputs:

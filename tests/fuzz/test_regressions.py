@@ -561,3 +561,22 @@ def test_quant8_tolerance_counts_the_gain_of_exp() -> None:
     _, atol = next(iter(pl.passes())).tolerance(model)
     assert atol == pytest.approx(0.0549758 * np.exp(1.934), rel=0.01)
     assert D.run_one(onnx.load(folder / "model.onnx"), "quant8", "onnx", 0, dict(np.load(folder / "inputs.npz"))) == "ok"
+
+
+def test_quant8_tolerance_counts_the_gain_of_an_unfolded_batchnorm() -> None:
+    """quant8 x onnx, third: Conv -> BatchNormalization with the Conv's output also a graph
+    output (so the BN is not folded); the float BN multiplies the Conv's output quantization
+    error by |scale| / sqrt(var + eps) = 10.2 on its worst channel, which the tolerance counted as 1."""
+    import lepton_passes
+    from lepton_passes.quant.tolerance import _gain
+
+    folder = T.CORPUS / "differential" / "quant8-onnx-3"
+    model = lepton_ir.load(str(folder / "model.onnx"))
+    bn = next(n for n in model.graph if n.op_type == "BatchNormalization")
+    proto = onnx.load(folder / "model.onnx")
+    init = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    want = np.max(np.abs(init["bn_scale_16"]) / np.sqrt(init["bn_var_19"].astype(np.float64) + 1e-5))
+    assert _gain(bn) == pytest.approx(want, rel=1e-6) and want > 10
+    pl = lepton_passes.parse_pipeline(f"quant8{{calib={folder / 'calib'}}}")
+    pl.run(model)
+    assert D.run_one(proto, "quant8", "onnx", 0, dict(np.load(folder / "inputs.npz"))) == "ok"
