@@ -48,12 +48,16 @@ def activation_qparams(rmin: float, rmax: float, signed: bool) -> QParams:
     rmax = max(float(rmax), 0.0)
     if not np.isfinite(rmin) or not np.isfinite(rmax):
         raise ValueError(f"non-finite calibration range [{rmin}, {rmax}]")
+    # A range of zero (a tensor that was 0 on every calibration sample): any scale keeps 0 exact,
+    # but the consumer's int32 bias is quantized with s_in * s_w, so a scale of 1 made the bias as
+    # coarse as the weights (differential finding quant8 x onnx #4: a depthwise Conv of zeros
+    # returned its bias off by 0.007); the grid of [0, 1] keeps the bias fine, far from int32 limits.
     if signed:
         amax = max(-rmin, rmax)
-        scale = amax / 127.0 if amax > 0 else 1.0
+        scale = amax / 127.0 if amax > 0 else 1.0 / 127.0
         return QParams(np.array(max(scale, MIN_SCALE), np.float32), np.array(0, np.int8))
     if rmax - rmin <= 0:
-        return QParams(np.array(1.0, np.float32), np.array(0, np.uint8))
+        return QParams(np.array(1.0 / 255.0, np.float32), np.array(0, np.uint8))
     scale = max((rmax - rmin) / 255.0, MIN_SCALE)
     zp = int(np.clip(np.round(-rmin / scale), 0, 255))
     return QParams(np.array(scale, np.float32), np.array(zp, np.uint8))

@@ -580,3 +580,15 @@ def test_quant8_tolerance_counts_the_gain_of_an_unfolded_batchnorm() -> None:
     pl = lepton_passes.parse_pipeline(f"quant8{{calib={folder / 'calib'}}}")
     pl.run(model)
     assert D.run_one(proto, "quant8", "onnx", 0, dict(np.load(folder / "inputs.npz"))) == "ok"
+
+
+def test_quant8_zero_range_keeps_the_consumers_bias_fine() -> None:
+    """quant8 x onnx, fourth: a tensor that is 0 on every calibration sample (Sub(x, x)) got the
+    activation scale 1, so its Conv's int32 bias (scale s_in * s_w) was as coarse as the weights
+    (0.007 off). A zero range now gets scale 1/255: the bias is within the derived tolerance."""
+    from lepton_passes.quant.qmath import activation_qparams
+
+    assert float(activation_qparams(0.0, 0.0, signed=False).scale) == pytest.approx(1 / 255)
+    assert float(activation_qparams(0.0, 0.0, signed=True).scale) == pytest.approx(1 / 127)
+    folder = T.CORPUS / "differential" / "quant8-onnx-4"
+    assert D.run_one(onnx.load(folder / "model.onnx"), "quant8", "onnx", 0, dict(np.load(folder / "inputs.npz"))) == "ok"
