@@ -1,7 +1,10 @@
 """tvm-cpu latency against ONNX Runtime, untuned and tuned, in the same run.
 
 Models: a ResNet-18-like and a MobileNetV2-like convnet (onnx.helper, random weights,
-1x3x224x224) and minilm-l3 (real model, realistic inputs). Both runtimes use 2 threads
+1x3x224x224) and minilm-l3 (real model, realistic inputs); with ``--models`` also the real models
+magika, ppocr-cls, ppocr-rec, ppocr-det (lepton_ir.testing.corpus: fetched models, realistic inputs
+from corpus.realistic_inputs, batch 1, every shape pinned) and digits (lepton/data's CNN, one
+held-out image). Both runtimes use 2 threads
 (TVM_NUM_THREADS=2, ORT intra_op_num_threads=2); latency is the median of ``--repeat`` runs,
 measured in alternating blocks (ORT, TVM untuned, TVM tuned; bench/timing.py) so that load
 changes on a shared machine hit all of them alike and no runtime is timed while the other's
@@ -16,6 +19,8 @@ Per model:
     python bench/tvm_speed.py [--trials 64] [--models resnet18-like,mobilenetv2-like,minilm-l3]
     python bench/tvm_speed.py --no-tune --models mobilenetv2-like   # (a) only: no tuning, 1 compile
     python bench/tvm_speed.py --no-tune --layouts nchw,nchwc --symbolic --models resnet18-like
+    python bench/tvm_speed.py --no-tune --models magika,ppocr-cls,ppocr-rec,ppocr-det,digits \
+        --json bench/results/tvm_speed_real.json   # real models, untuned, with roofline tables
         # both layouts and a symbolic-batch build side by side, plus the per-kernel roofline tables
 
 ``--trials 0`` still compiles three times (reusing whatever the database holds); ``--no-tune``
@@ -45,6 +50,8 @@ import onnx  # noqa: E402
 THREADS = 2
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/timing.py
 MODELS = ("resnet18-like", "mobilenetv2-like", "minilm-l3")
+#: Real models (``--models``): the corpus's fetched models plus the digits CNN shipped in lepton/data.
+REAL_MODELS = ("magika", "ppocr-cls", "ppocr-rec", "ppocr-det", "digits")
 
 
 def model_and_inputs(name: str, tmp: Path) -> tuple[Path, dict[str, np.ndarray]]:
@@ -59,7 +66,17 @@ def model_and_inputs(name: str, tmp: Path) -> tuple[Path, dict[str, np.ndarray]]
         return path, random_inputs([{"name": "input", "dtype": "float32", "shape": [1, 3, 224, 224]}])
     from lepton_ir.testing import corpus
 
+    if name == "digits":  # batch 1 of the held-out split, the images the model was trained on
+        x, _ = corpus.digits_dataset("test")
+        return corpus.digits_model_path(), {_first_input(corpus.digits_model_path()): np.ascontiguousarray(x[:1])}
+    # every shape pinned: realistic_inputs builds batch 1 at the model's fixed sizes (see its docs)
     return corpus.real_model_path(name), corpus.realistic_inputs(name)
+
+
+def _first_input(path: Path) -> str:
+    m = onnx.load(str(path))
+    init = {t.name for t in m.graph.initializer}
+    return next(i.name for i in m.graph.input if i.name not in init)
 
 
 def kernel_roofline(path: Path, inputs: dict[str, np.ndarray], layout: str, top: int = 5) -> dict:
@@ -247,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trials", type=int, default=64, help="MetaSchedule trials per model (default 64)")
     ap.add_argument("--no-tune", action="store_true", help="untuned builds only: skip tuning and the tuned "
                     "compiles (--trials is ignored)")
-    ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {','.join(MODELS)}")
+    ap.add_argument("--models", default=",".join(MODELS), help=f"comma-separated subset of {','.join(MODELS + REAL_MODELS)}")
     ap.add_argument("--repeat", type=int, default=20, help="timed runs per variant (default 20)")
     ap.add_argument("--layouts", default="nchw", help="with --no-tune: comma-separated tvm-cpu layouts to build "
                     "and time side by side (nchw, nchwc; default nchw)")
