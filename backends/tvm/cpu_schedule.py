@@ -68,6 +68,20 @@ def _vars_in(expr) -> set:
     return set(tirx.analysis.undefined_vars(expr))
 
 
+def _last_dim(region) -> int:
+    """Index of the innermost dim of a buffer region's buffer whose extent is not 1.
+
+    Trailing unit dims do not change addresses: in magika's 1-D conv written as a 5x1 Conv
+    (``[1, 256, 512, 1]``), consecutive rows are consecutive floats, so the row axis is the one
+    that walks memory contiguously.
+    """
+    shape = region.source.shape
+    i = len(shape) - 1
+    while i > 0 and isinstance(shape[i], tirx.IntImm) and int(shape[i]) == 1:
+        i -= 1
+    return i
+
+
 def _unit_stride(reads, var) -> bool:
     """True when every read indexed by ``var`` walks its innermost dim with a small constant stride.
 
@@ -80,7 +94,7 @@ def _unit_stride(reads, var) -> bool:
     for r in reads:
         if not r.region:
             continue
-        last = r.region[-1].min
+        last = r.region[_last_dim(r)].min
         if var not in _vars_in(last):
             if any(var in _vars_in(rg.min) for rg in r.region):
                 # var only indexes an outer dim: the vector walks memory with a large stride
@@ -131,6 +145,41 @@ def _destride_inputs(sch: s_tir.Schedule, red, reads, var) -> bool:
         changed = True
         break  # one operand is vectorised along the axis; the others are broadcast
     return changed
+
+
+def _channels_last_weights(sch: s_tir.Schedule, red, reads, realize_vars, s_ext, n_s: int, n_r: int,
+                           lanes: int) -> int | None:
+    """Vectorise a conv over output channels: a copy of its weights with that axis innermost.
+
+    For an NCHW conv whose rows do not split into full vectors -- magika's 1-D conv over 508
+    output rows (508 = 4 x 127, so at most 4-lane vectors along the row) -- the output channels
+    (a multiple of the SIMD width) are the better vector axis, but the OIHW weights walk them with
+    a stride of a whole filter. A ``cache_read`` copy stored as ``[i, kh, kw, o]`` makes them a
+    contiguous vector load; the rows become the reuse axis (each input value is broadcast once
+    per tile). The copy is made per call (the weights are a parameter of the PrimFunc):
+    ``o*i*kh*kw`` floats, a small cost next to the ``2*o*i*kh*kw*rows`` FLOPs it speeds up.
+    Returns the output-channel axis, or None when the conv does not fit (nothing changed).
+    """
+    if n_s != 4 or n_r != 3 or s_ext[1] % lanes or s_ext[2] * s_ext[3] < 128:
+        return None  # few output pixels: the per-call copy would cost more than it saves
+    oc_var = realize_vars[1]
+    for idx, r in enumerate(reads):
+        if len(r.region) != 4 or len(r.source.shape) != 4:
+            continue
+        mins = [rg.min for rg in r.region]
+        # OIHW weights: dim 0 is the output channel itself, nothing else depends on it
+        if not (isinstance(mins[0], tirx.Var) and mins[0].same_as(oc_var)):
+            continue
+        if any(oc_var in _vars_in(m) for m in mins[1:]):
+            return None
+        copy = sch.cache_read(red, idx, "global")
+        sch.transform_layout(copy, ("write", 0), tirx.IndexMap.from_func(lambda o, i, h, w: (i, h, w, o), ndim=4))
+        # write the copy contiguously: its output-channel loop innermost (a strided gather read)
+        loops = sch.get_loops(copy)
+        if len(loops) == 4:
+            sch.reorder(loops[1], loops[2], loops[3], loops[0])
+        return 1
+    return None
 
 
 def _phase_split(ndim: int, stride: int) -> "tirx.IndexMap":
@@ -190,6 +239,9 @@ class ParallelVectorize(ScheduleRule):
             if not blocks:
                 return None
             lanes = vector_lanes(target)
+            if not any(_is_reduction(sch, b) for b in blocks):
+                _inline_elementwise(sch, set())
+                blocks = sch.get_child_blocks(root)
             for block in blocks:
                 _parallel_vectorize_block(sch, block, lanes, self.min_parallel_extent)
             return sch
@@ -266,6 +318,7 @@ class TiledReduction(ScheduleRule):
 
         # 1. Collapse the elementwise epilogue chain (bias, BN, ReLU, residual add) into the last
         #    block, so only one epilogue block consumes the reduction.
+        _inline_elementwise(sch, {red_name})
         epilogue = _collapse_epilogue(sch, red_name)
         if epilogue is False:
             return None
@@ -294,9 +347,17 @@ class TiledReduction(ScheduleRule):
 
         lanes = vector_lanes(target)
         v = n_s - 1
+        while v > 0 and s_ext[v] == 1:
+            v -= 1  # trailing unit axes (a kx1 conv's output width): vectorise the axis before
         vi = 1
         if s_ext[v] >= 2 and _unit_stride(reads, realize_vars[v]):
             vi = _pick_vector_factor(s_ext[v], lanes)
+        if 2 * vi <= lanes and s_ext[v] >= 128:
+            oc = _channels_last_weights(sch, red, reads, realize_vars, s_ext, n_s, len(r_loops), lanes)
+            if oc is not None:
+                red = sch.get_sblock(red_name)
+                reads = sch.get(red).reads
+                v, vi = oc, _pick_vector_factor(s_ext[oc], lanes)
         # The reuse axis: an output axis with no effect on the operands that vary along v. Each
         # value loaded along v is then used ut times from registers.
         u = None
@@ -307,7 +368,7 @@ class TiledReduction(ScheduleRule):
             for r in v_dep:
                 for rg in r.region:
                     used |= _vars_in(rg.min)
-            cands = [i for i in range(n_s - 1) if s_ext[i] > 1 and realize_vars[i] not in used]
+            cands = [i for i in range(n_s) if i != v and s_ext[i] > 1 and realize_vars[i] not in used]
             if cands:
                 u = max(cands, key=lambda i: s_ext[i])
         vec_regs = -(-vi // lanes)
@@ -342,6 +403,12 @@ class TiledReduction(ScheduleRule):
         # 3. Accumulate the tile in a local buffer (registers after LLVM's SROA), write it once.
         if inner and r_loops:
             acc = sch.cache_write(red, 0, "local")
+            if v != n_s - 1:
+                # the vector axis is not the output's innermost (output channels, see
+                # _channels_last_weights): make it the accumulator's, so each register is one row
+                nd = n_s
+                sch.transform_layout(red, ("write", 0), tirx.IndexMap.from_func(
+                    lambda *i: (*i[:v], *i[v + 1:], i[v]), ndim=nd))
             sch.reverse_compute_at(acc, fused, preserve_unit_loops=True)
             if epilogue is not None:
                 try:
@@ -366,9 +433,46 @@ class TiledReduction(ScheduleRule):
         elif vi > 1:
             sch.vectorize(v_inner)
 
-        # 4. Anything left (pads, an epilogue that would not inline): parallel + vectorise.
+        # 4. An elementwise prologue the reduction reads once per element (magika's GELU before its
+        #    max-pool): computed tile by tile inside the same parallel loop, no second barrier.
+        if fused is not None and sch.get(fused).kind == tirx.ForKind.PARALLEL:
+            _prologue_at(sch, red_name, fused, lanes)
+        # 5. Anything left (pads, an epilogue that would not inline): parallel + vectorise.
         _schedule_leftover_blocks(sch, red_name, lanes)
         return sch
+
+
+def _prologue_at(sch: s_tir.Schedule, red_name: str, loop, lanes: int) -> None:
+    """``compute_at`` the spatial producers that ``red_name`` reads once per element under ``loop``,
+    vectorising their innermost loop (any factor of 2 lanes or more: 4 of 508 rows still beats
+    scalar). Producers read more than once (a conv's padded input) are left alone."""
+    names = {sch.get(b).name_hint for b in sch.get_child_blocks(sch.get_sblock("root"))}
+    red = sch.get_sblock(red_name if red_name in names else red_name + "_update")  # after decompose
+    dom = 1
+    for iv in sch.get(red).iter_vars:
+        if not isinstance(iv.dom.extent, tirx.IntImm):
+            return
+        dom *= int(iv.dom.extent)
+    for p in sch.get_producers(red):
+        if _is_reduction(sch, p) or len(sch.get(p).writes) != 1:
+            continue
+        if _buffer_size(sch.get(p).writes[0].source) != dom:
+            continue
+        try:
+            sch.compute_at(p, loop, preserve_unit_loops=True)
+        except Exception:  # the tile's region of p is not a clean box: stays a separate pass
+            continue
+        ploops = sch.get_loops(p)[1:]
+        if not ploops:
+            continue
+        ext = _extent(sch, ploops[-1])
+        if ext and ext >= 2:
+            f = _pick_vector_factor(ext, lanes)
+            if f >= 2:
+                try:
+                    sch.vectorize(ploops[-1] if f == ext else sch.split(ploops[-1], factors=[None, f])[1])
+                except Exception:  # not vectorisable (opaque call): stays scalar
+                    pass
 
 
 class DepthwiseConv(ScheduleRule):
@@ -488,6 +592,62 @@ class DepthwiseConv(ScheduleRule):
 
         _schedule_leftover_blocks(sch, red_name, lanes)
         return sch
+
+
+def _domain(sch: s_tir.Schedule, block) -> int | None:
+    """Iterations of ``block``'s loop nest (None when an extent is not static)."""
+    n = 1
+    for lp in sch.get_loops(block):
+        e = _extent(sch, lp)
+        if e is None:
+            return None
+        n *= e
+    return n
+
+
+def _buffer_size(buf) -> int | None:
+    n = 1
+    for d in buf.shape:
+        if not isinstance(d, tirx.IntImm):
+            return None
+        n *= int(d)
+    return n
+
+
+def _inline_elementwise(sch: s_tir.Schedule, keep: set[str]) -> None:
+    """Inline every spatial block into its (spatial) consumers, except the blocks in ``keep``.
+
+    FuseTIR leaves one loop nest per fused op: magika's GELU-like tail before its max-pool was
+    eleven passes over a 1 MB tensor, each its own parallel region. Every parallel region is a
+    thread-pool barrier, and on a loaded 2-core machine a barrier waits for a time slice (measured:
+    several ms each), so one loop nest instead of eleven is both less memory traffic and fewer
+    waits. A block is only inlined when no consumer iterates more often than it has elements (no
+    broadcast), so nothing is recomputed; blocks read by a reduction stay materialised (a conv's
+    padded input is read once per kernel tap).
+    """
+    changed = True
+    while changed:
+        changed = False
+        for b in sch.get_child_blocks(sch.get_sblock("root")):
+            name = sch.get(b).name_hint
+            if name in keep or _is_reduction(sch, b):
+                continue
+            consumers = sch.get_consumers(b)
+            if not consumers or any(_is_reduction(sch, c) for c in consumers):
+                continue
+            writes = sch.get(b).writes
+            if len(writes) != 1:
+                continue
+            size = _buffer_size(writes[0].source)
+            doms = [_domain(sch, c) for c in consumers]
+            if size is None or any(d is None or d > size for d in doms):
+                continue
+            try:
+                sch.compute_inline(b)
+            except Exception:  # not inlinable (reads with offsets, opaque): stays separate
+                continue
+            changed = True
+            break
 
 
 def _collapse_epilogue(sch: s_tir.Schedule, red_name: str):
