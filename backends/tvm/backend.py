@@ -251,6 +251,15 @@ class TvmCpuBackend(Backend):
         (partition.py), unless the `fallback` option is off."""
         opts = self.parse_options(options)
         work, lowering = self.lower(model, target, opts, run_pipeline)
+        from .known_wrong import known_wrong_nodes
+
+        wrong = known_wrong_nodes(work)
+        if wrong:  # TVM would compile these to wrong values: the oracle's partition sends them to ORT
+            from .partition import partitioned_stages
+
+            why = "; ".join(dict.fromkeys(wrong.values()))
+            return partitioned_stages(self, work, staging, target=target, options=opts, lowering=lowering,
+                                      whole_error=TvmCompileError(f"{self.name}: {why}"))
         try:
             entry = self.stage_entry(self.build(work, staging, target=target, options=opts), target, opts, lowering)
         except TvmCompileError as e:

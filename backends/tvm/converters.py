@@ -194,8 +194,162 @@ class _ConvIntegerConverter:
         return convert_conv_integer
 
 
+def _fix_reduce_max(bb, inputs, attr: dict, y, tvm_convert: Callable, params) -> Any:
+    """ReduceMax on floats: TVM's max starts from the lowest finite value, so a slice of only -inf
+    gives -FLT_MAX where ONNX gives -inf (the NaN-robust softmax of fully masked attention rows
+    compares that max with -inf, so it left NaN rows that ONNX Runtime zeroes). The same reduction
+    over "x is not -inf" (int8 0/1) is 0 exactly on those slices."""
+    from tvm import relax
+
+    x = inputs[0]
+    dtype = x.ty.dtype
+    if not str(dtype).startswith(("float", "bfloat")):
+        return y
+    ninf = relax.const(float("-inf"), dtype)
+    y = bb.normalize(y)
+    finite = bb.normalize(relax.op.astype(relax.op.not_equal(x, ninf), "int8"))
+    flag = bb.normalize(tvm_convert(bb, [finite, *inputs[1:]], attr, params))
+    return relax.op.where(relax.op.equal(flag, relax.const(0, "int8")), ninf, y)
+
+
+def _fix_floor_mod(bb, inputs, attr: dict, y, tvm_convert: Callable, params) -> Any:
+    """Mod with fmod=0 on floats: TVM's floor_mod computes a - floor(a / b) * b, NaN for an infinite
+    divisor b; ONNX (numpy's mod) gives a when a and b have the same sign (or a is 0), else b."""
+    from tvm import relax
+
+    a, b = inputs[0], inputs[1]
+    if attr.get("fmod", 0) or not str(a.ty.dtype).startswith(("float", "bfloat")):
+        return y
+    zero = relax.const(0.0, a.ty.dtype)
+    inf_b = relax.op.logical_and(relax.op.isinf(b), relax.op.isfinite(a))
+    same = relax.op.logical_or(relax.op.equal(a, zero),
+                               # not equal(): LLVM cannot compare two booleans as floats
+                               relax.op.logical_not(relax.op.logical_xor(relax.op.greater(a, zero),
+                                                                         relax.op.greater(b, zero))))
+    return relax.op.where(inf_b, relax.op.where(same, a, b), y)
+
+
+class _PostFixed:
+    """TVM's own converter for an op, with its result corrected by ``fix`` (same interface)."""
+
+    def __init__(self, op: str, fix: Callable, **kw: Any) -> None:
+        self.op, self.fix, self.kw = op, fix, kw
+
+    def get_converter(self, opset: int) -> Callable:
+        from tvm.relax.frontend.onnx import onnx_frontend as of
+
+        tvm_convert = of._get_convert_map()[self.op].get_converter(opset)
+
+        def convert(bb, inputs, attr, params):
+            y = tvm_convert(bb, inputs, attr, params)
+            return self.fix(bb, inputs, attr, y, tvm_convert, params, **self.kw)
+
+        return convert
+
+
+def _runtime_operand(x: Any, params) -> bool:
+    """True for an operand whose value is known only at run time (not a constant or a parameter)."""
+    import tvm
+    from tvm import relax
+
+    if x is None or isinstance(x, tvm.ir.GenericConst):
+        return False
+    return not (isinstance(x, relax.Var) and x.name in params[1])
+
+
+def convert_nms(bb, inputs, attr: dict, params) -> Any:
+    """ONNX NonMaxSuppression: TVM's converter replaces a run-time iou_threshold or score_threshold
+    by a default (0.5, 0.0), silently; TVM's op takes them as tensors, so pass them through. (A
+    run-time max_output_boxes_per_class fixes the output's size: known_wrong.py refuses it.)"""
+    from tvm import relax
+    from tvm.relax.frontend.onnx import onnx_frontend as of
+
+    tvm_convert = of._get_convert_map()["NonMaxSuppression"].get_converter(10)
+    live = [i for i in (3, 4) if len(inputs) > i and _runtime_operand(inputs[i], params)]
+    if not live:
+        return tvm_convert(bb, inputs, attr, params)
+    boxes = inputs[0]
+    if attr.get("center_point_box", 0) != 0:  # as TVM's converter: centre/size boxes to corners
+        parts = relax.op.split(boxes, 4, axis=2)
+        two = relax.const(2.0, boxes.ty.dtype)
+        half_w, half_h = parts[2] / two, parts[3] / two
+        boxes = relax.op.concat([parts[1] - half_h, parts[0] - half_w, parts[1] + half_h, parts[0] + half_w], axis=2)
+    limits = []
+    for i, default in ((2, 0), (3, 0.5), (4, 0.0)):
+        x = inputs[i] if len(inputs) > i else None
+        if i in live:
+            limits.append(bb.normalize(relax.op.astype(relax.op.reshape(x, ()), "float32")))
+            continue
+        # Constant operands: TVM's converter's reading of them (it takes a constant, a parameter
+        # or nothing); run it on the other inputs only for these values.
+        value = default
+        if x is not None:
+            import tvm
+
+            c = x if isinstance(x, tvm.ir.GenericConst) else params[1][x.name][1]
+            value = (c.value if hasattr(c, "value") else c).numpy().item()
+        limits.append(relax.const(int(value), "int64") if i == 2 else relax.const(float(value), "float32"))
+    nms = bb.normalize(relax.op.vision.all_class_non_max_suppression(boxes, inputs[1], *limits, output_format="onnx"))
+    return bb.emit(relax.TupleGetItem(nms, 0))
+
+
+class _NmsConverter:
+    """Adapter with the ``get_converter(opset)`` interface TVM's importer calls."""
+
+    @classmethod
+    def get_converter(cls, opset: int) -> Callable:
+        return convert_nms
+
+
+def _softplus(x: Any) -> Any:
+    """log(1 + e^x) to float precision: TVM's converters compute log(1 + e) with e = e^-|x|, whose
+    rounding of 1 + e costs up to 1e-3 relative error once e < 1e-4 (x < -9: Mish's conformance
+    case). Below e = 1e-2 the series e - e^2/2 + e^3/3 is used (relative error under e^3/4 =
+    2.5e-7); above, 1 + e rounds to a relative 6e-6 at most. (Goldberg's log(u) * e / (u - 1) does
+    not survive TVM's simplifier, which cancels (1 + e) - 1 inside the fused kernel.)"""
+    from tvm import relax
+
+    dtype = x.ty.dtype
+    c = lambda v: relax.const(v, dtype)  # noqa: E731
+    e = relax.op.exp(relax.op.negative(relax.op.abs(x)))
+    series = relax.op.multiply(e, relax.op.subtract(c(1.0), relax.op.multiply(
+        e, relax.op.subtract(c(0.5), relax.op.divide(e, c(3.0))))))
+    log1p = relax.op.where(relax.op.less(e, c(1e-2)), series, relax.op.log(relax.op.add(c(1.0), e)))
+    return relax.op.add(relax.op.maximum(x, c(0.0)), log1p)
+
+
+class _SoftplusConverter:
+    """ONNX Softplus (any opset) with :func:`_softplus`."""
+
+    @classmethod
+    def get_converter(cls, opset: int) -> Callable:
+        return lambda bb, inputs, attr, params: _softplus(inputs[0])
+
+
+class _MishConverter:
+    """ONNX Mish: x * tanh(softplus(x)) with :func:`_softplus`."""
+
+    @classmethod
+    def get_converter(cls, opset: int) -> Callable:
+        from tvm import relax
+
+        def convert(bb, inputs, attr, params):
+            x = inputs[0]
+            sp = bb.normalize(_softplus(x))
+            # TVM's tanh is a rational approximation that loses relative precision on tiny inputs
+            # (2.6% at tanh(3e-7)): below 1e-3, tanh(s) = s - s^3/3 to 3e-7 relative.
+            c = lambda v: relax.const(v, x.ty.dtype)  # noqa: E731
+            small = relax.op.multiply(sp, relax.op.subtract(c(1.0), relax.op.divide(relax.op.multiply(sp, sp), c(3.0))))
+            return relax.op.multiply(x, relax.op.where(relax.op.less(sp, c(1e-3)), small, relax.op.tanh(sp)))
+
+        return convert
+
+
 #: op type -> converter class (``get_converter(opset)``), consulted before TVM's own map.
-EXTRA_CONVERTERS: dict[str, Any] = {"ConvInteger": _ConvIntegerConverter, "MatMulInteger": _MatMulIntegerConverter}
+EXTRA_CONVERTERS: dict[str, Any] = {"ConvInteger": _ConvIntegerConverter, "MatMulInteger": _MatMulIntegerConverter,
+                                    "ReduceMax": _PostFixed("ReduceMax", _fix_reduce_max),
+                                    "Mod": _PostFixed("Mod", _fix_floor_mod), "NonMaxSuppression": _NmsConverter,
+                                    "Softplus": _SoftplusConverter, "Mish": _MishConverter}
 
 
 def _importer_class():
