@@ -1,9 +1,13 @@
 """Accuracy after structured pruning on real labelled data, with and without training-free recovery.
 
-    python bench/prune_accuracy.py [--macs 0.7] [--quick] [digits] [magika]
+    python bench/prune_accuracy.py [--macs 0.7] [--latency] [--distill] [--arm] [--digits-calib 512] [--quick]
+                                   [digits] [magika] [minilm]
 
 * digits: the shipped CNN (lepton/data/digits_cnn.onnx), top-1 on the 360-image test split;
-  calibration / reconstruction data: the "calib" split (256 train images, disjoint from test).
+  calibration / reconstruction data: the first --digits-calib (256, at most 512) train images,
+  disjoint from test (256 = the "calib" split).
+* minilm: MiniLM-L3, mean cosine of the sentence embedding to the float model's, 512 test sentences,
+  256 calibration sentences (another seed).
 * magika: top-1 on real files of this machine labelled by extension (the data set of
   bench/quant_accuracy.py: files hashed 1 in 5 to calibration, the rest to test); calibration
   uses at most 256 of the calibration files.
@@ -41,12 +45,14 @@ ARM_FILES = [64]
 
 
 #: set by main(): "macs" (prune{macs=M}) or "latency" (prune{latency=M}, measured on ORT here)
-TARGET = {"kind": "macs", "distill": False, "distill_budget": 240, "output_loss": "kl"}
+TARGET = {"kind": "macs", "distill": False, "distill_budget": 240, "output_loss": "kl", "samples": 256,
+          "digits_calib": 256}
 
 
 def variants(macs: float, calib: str, batch: int, multiple: int | None, teacher: str = "") -> list[tuple[str, str]]:
     """(row name, pipeline) per variant; multiple=None: the SIMD width with --latency, else 8."""
-    c = f'calib="{calib}",calib-batch={batch}'
+    # calib-samples: reconstruct's default (256) would otherwise cap a larger set (--digits-calib 512)
+    c = f'calib="{calib}",calib-batch={batch},calib-samples={TARGET["samples"]}'
     if TARGET["kind"] == "latency":
         # the measured target times the first calib= batch (`batch` samples), so every variant carries
         # calib= (once: prune's options take each key once) and times the same batch; the rounding follows
@@ -78,6 +84,7 @@ def evaluate(path, feeds_calib: dict, predict, label: str, macs: float, batch: i
     with tempfile.TemporaryDirectory() as d:
         f = os.path.join(d, "calib.npz")
         np.savez(f, **feeds_calib)
+        TARGET["samples"] = len(next(iter(feeds_calib.values())))
         teacher = os.path.join(d, "teacher.onnx")
         lepton_ir.save(base, teacher)
         for name, pipe in variants(macs, f, batch, multiple, teacher):
@@ -105,7 +112,9 @@ def evaluate(path, feeds_calib: dict, predict, label: str, macs: float, batch: i
 
 def bench_digits(macs: float, quick: bool) -> dict:
     path = corpus.digits_model_path()
-    xc, _ = corpus.digits_dataset("calib")
+    # calib: the first 256 train images (the "calib" split); --digits-calib 512 takes the first 512 of
+    # train (still disjoint from test): the ridge refit of the Gemm needs 4 rows per weight column
+    xc = corpus.digits_dataset("train")[0][:TARGET["digits_calib"]]
     xt, yt = corpus.digits_dataset("test")
     name = lepton_ir.load(str(path)).graph.inputs[0].name
 
@@ -222,12 +231,15 @@ def main() -> None:
     ap.add_argument("--arm", action="store_true", help="add the prune,reconstruct,fuse,quant8 row on the "
                     "emulated aarch64 device (digits: all test images; magika: --arm-files files)")
     ap.add_argument("--arm-files", type=int, default=64)
+    ap.add_argument("--digits-calib", type=int, default=256, choices=range(1, 513), metavar="N",
+                    help="digits calibration images (first N of the train split, at most 512)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
     os.environ.setdefault("LEPTON_NO_PROGRESS", "1")
     ARM_FILES[0] = args.arm_files
-    TARGET.update(kind="latency" if args.latency else "macs", distill=args.distill, distill_budget=args.distill_budget)
+    TARGET.update(kind="latency" if args.latency else "macs", distill=args.distill, distill_budget=args.distill_budget,
+                  digits_calib=args.digits_calib)
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
     res = {"macs": args.macs, "target": TARGET["kind"], "cpu": cpu, "load_before": os.getloadavg()}
     out = Path(args.out)
