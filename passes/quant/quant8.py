@@ -70,6 +70,7 @@ class _Entry:
     ref: str = ""  # name of the float tensor this quantizer approximates (for the report)
     qparams: qmath.QParams | None = None
     dq: Value | None = None
+    clip: float = 0.0  # how far calibration data went beyond the chosen range (entropy/percentile clip)
 
 
 @register_pass
@@ -187,6 +188,10 @@ class Quant8(Pass):
             if e.fused_act is not None:
                 lo = max(lo, 0.0)  # the folded ReLU's output is never negative
             e.qparams = qmath.activation_qparams(lo, hi, signed)
+            # entropy/percentile/mse clip outliers on purpose: the tolerance must know by how much
+            # (tolerance.py reads it from the scale constant, CLIP_META)
+            st_lo = max(st.min, 0.0) if e.fused_act is not None else st.min
+            e.clip = float(max(st.max - hi, lo - st_lo, 0.0)) if st.count else 0.0
             if self.min_sqnr > 0:
                 sq = st.expected_sqnr(lo, hi, e.qparams.max_scale)
                 if sq < self.min_sqnr:
@@ -296,6 +301,10 @@ class Quant8(Pass):
                 target.name, out_name = out_name, target.name
         uses = target.uses()
         scale = g.constant(p.scale, name=f"{base}_scale")
+        if e.clip > 0:
+            from .tolerance import CLIP_META
+
+            scale.meta[CLIP_META] = e.clip
         zp = g.constant(p.zero_point, name=f"{base}_zero_point")
         qname = g.fresh_name(f"{base}_quantized")
         q = Node("QuantizeLinear", [target, scale, zp], name=f"{qname}_QuantizeLinear")

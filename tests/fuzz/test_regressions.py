@@ -592,3 +592,22 @@ def test_quant8_zero_range_keeps_the_consumers_bias_fine() -> None:
     assert float(activation_qparams(0.0, 0.0, signed=True).scale) == pytest.approx(1 / 127)
     folder = T.CORPUS / "differential" / "quant8-onnx-4"
     assert D.run_one(onnx.load(folder / "model.onnx"), "quant8", "onnx", 0, dict(np.load(folder / "inputs.npz"))) == "ok"
+
+
+def test_quant8_tolerance_counts_the_clip_calibration_chose() -> None:
+    """quant8 x onnx, sixth: entropy calibration clipped a Conv's output range to [-0.79, 0.79]
+    where its calibration data reached -1.20; compared on that data the error is the clip (0.41),
+    which the tolerance (output step only: 0.035) did not count. The clip is now recorded and counted."""
+    import lepton_passes
+    from lepton_passes.quant.tolerance import CLIP_META
+
+    folder = T.CORPUS / "differential" / "quant8-onnx-6"
+    model = lepton_ir.load(str(folder / "model.onnx"))
+    pl = lepton_passes.parse_pipeline(f"quant8{{calib={folder / 'calib'}}}")
+    pl.run(model)
+    clips = {n.outputs[0].name: n.inputs[1].meta[CLIP_META] for n in model.graph
+             if n.op_type == "DequantizeLinear" and CLIP_META in n.inputs[1].meta}
+    assert max(clips.values()) == pytest.approx(1.2007 - 0.79, abs=0.02), clips
+    _, atol = next(iter(pl.passes())).tolerance(model)
+    assert atol > 0.41
+    assert D.run_one(onnx.load(folder / "model.onnx"), "quant8", "onnx", 0, dict(np.load(folder / "inputs.npz"))) == "ok"
