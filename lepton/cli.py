@@ -622,6 +622,9 @@ def run_parser() -> argparse.ArgumentParser:
     p.add_argument("--key", metavar="KEY", help="device key to request from --tracker (e.g. aarch64)")
     p.add_argument("--session-timeout", metavar="S", type=float, default=0,
                    help="end the remote session after S seconds (default: no limit)")
+    p.add_argument("--cloud", metavar="URL", help="a split artifact: its edge half on the --rpc device, its cloud "
+                   "half on this lepton-serve of the same artifact; the cut follows the measured link, edge-only "
+                   "when the server is unreachable (docs/split.md)")
     return p
 
 
@@ -688,7 +691,12 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError("--tracker needs --key (the device key the server registered with)")
     if args.key and not args.tracker:
         raise UsageError("--key is only used with --tracker")
-    if remote:
+    if args.cloud:  # the edge runtime of a split artifact (lepton/split_runtime.py): timed end to end, here
+        from lepton.split_runtime import SplitRunner
+
+        runner = SplitRunner(args.artifact, args.cloud, rpc=args.rpc, tracker=args.tracker, key=args.key)
+        remote = False
+    elif remote:
         from lepton.remote import RemoteRunner
 
         runner = RemoteRunner(args.artifact, rpc=args.rpc, tracker=args.tracker, key=args.key,
